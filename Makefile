@@ -1,0 +1,31 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything they need is
+# installed on first use (see e2e/env/install-tools.sh) and cached outside the repository.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help env-up env-down env-clean run test lint crds
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+env-up: ## start the local Kafka + Kubernetes control plane (idempotent); writes .local/env
+	@bash e2e/env/up.sh
+
+env-down: ## stop everything env-up started
+	@bash e2e/env/down.sh
+
+env-clean: env-down ## stop the environment and delete its data
+	rm -rf .local
+
+run: env-up ## start the environment and the proxy against it
+	@bash e2e/run-proxy.sh
+
+test: ## start the environment, then fmt, clippy, every test; fails on any skipped test
+	@bash e2e/test.sh
+
+lint: ## cargo fmt --check and clippy only
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+crds: ## regenerate crds/ from the operator's types
+	cargo run -q -p mqtt-kafka-operator --bin crdgen > crds/mqttkafkaproxies.mqttkafka.io.yaml

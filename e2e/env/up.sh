@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Starts the local environment: Kafka (KRaft, one node) and a Kubernetes control plane
+# (etcd, kube-apiserver, kube-controller-manager), all on 127.0.0.1. Idempotent: pieces that
+# are already running and healthy are left alone; a second run changes nothing.
+# Writes the connection details to $STATE_DIR/env and prints them.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+"$ENV_DIR/install-tools.sh" all
+
+mkdir -p "$STATE_DIR"
+KAFKA_DIR="$STATE_DIR/kafka"
+KUBE_DIR="$STATE_DIR/kube"
+PKI_DIR="$KUBE_DIR/pki"
+KUBECONFIG_FILE="$KUBE_DIR/admin.kubeconfig"
+KUBECTL="$K8S_BIN_DIR/kubectl"
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start NAME LOGFILE COMMAND...: runs COMMAND in its own session, records its pid.
+start() {
+  local name="$1" logfile="$2"; shift 2
+  setsid "$@" >"$logfile" 2>&1 < /dev/null &
+  echo $! >"$STATE_DIR/$name.pid"
+}
+
+# ensure NAME HEALTHY START SECONDS: leaves a healthy NAME alone; restarts one whose process
+# runs but does not become healthy in 30 s; otherwise calls START and waits SECONDS for health.
+ensure() {
+  local name="$1" healthy="$2" start_fn="$3" secs="$4"
+  if pid_alive "$STATE_DIR/$name.pid"; then
+    if wait_for "$name" 30 "$healthy"; then log "$name: running"; return; fi
+    log "$name: running but not healthy for 30 s; restarting"
+    stop_process "$name"
+  fi
+  "$start_fn"
+  wait_for "$name" "$secs" "$healthy" || die "$name did not become healthy in $secs s; see its log under $STATE_DIR"
+}
+
+# require_port_free NAME PORT: fail clearly if a process this environment does not own holds PORT.
+require_port_free() {
+  port_free "$2" || die "$1: port $2 is taken by another process (another checkout's environment? run 'make env-down' there, or set ${1^^}_PORT)"
+}
+
+# ---------------------------------------------------------------- Kafka
+kafka_healthy() { kcat -b "127.0.0.1:$KAFKA_PORT" -L -m 2 >/dev/null 2>&1; }
+
+launch_kafka() {
+  require_port_free kafka "$KAFKA_PORT"
+  require_port_free kafka_controller "$KAFKA_CONTROLLER_PORT"
+  mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
+  cat >"$KAFKA_DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+auto.create.topics.enable=false
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.backoff.ms=1000
+PROPS
+  local java=(java -Xms256m -Xmx768m -XX:+UseG1GC -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" "-Dkafka.logs.dir=$KAFKA_DIR/logs"
+    -cp "$KAFKA_LIB_DIR/*")
+  if [[ ! -f "$KAFKA_DIR/data/meta.properties" ]]; then
+    log "kafka: formatting storage"
+    "${java[@]}" kafka.tools.StorageTool format -t "mqtt-kafka-local-000" -c "$KAFKA_DIR/server.properties" --ignore-formatted >"$KAFKA_DIR/logs/format.log" 2>&1 \
+      || die "kafka storage format failed; see $KAFKA_DIR/logs/format.log"
+  fi
+  log "kafka: starting on 127.0.0.1:$KAFKA_PORT"
+  start kafka "$KAFKA_DIR/logs/stdout.log" "${java[@]}" kafka.Kafka "$KAFKA_DIR/server.properties"
+}
+
+# ---------------------------------------------------------------- PKI for the control plane
+make_pki() {
+  [[ -f "$PKI_DIR/admin.crt" ]] && return
+  log "kube: creating certificates"
+  mkdir -p "$PKI_DIR"
+  (
+    cd "$PKI_DIR"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -keyout ca.key -out ca.crt -subj "/CN=mqtt-kafka-local-ca" 2>/dev/null
+    # leaf NAME SUBJECT EXTENSIONS: a P-256 key and a certificate signed by the local CA.
+    leaf() {
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+      printf '%s\n' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -out "$1.crt" -extfile "$1.ext" 2>/dev/null
+      rm -f "$1.csr" "$1.ext"
+    }
+    leaf apiserver "/CN=kube-apiserver" \
+      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"$'\n'"extendedKeyUsage=serverAuth"
+    leaf admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+write_kubeconfig() {
+  cat >"$KUBECONFIG_FILE" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
+users:
+- name: admin
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI_DIR/admin.crt")
+    client-key-data: $(base64 -w0 "$PKI_DIR/admin.key")
+contexts:
+- name: local
+  context: {cluster: local, user: admin, namespace: default}
+current-context: local
+KC
+  chmod 600 "$KUBECONFIG_FILE"
+}
+
+# ---------------------------------------------------------------- etcd
+etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+
+launch_etcd() {
+  require_port_free etcd "$ETCD_PORT"
+  require_port_free etcd_peer "$ETCD_PEER_PORT"
+  mkdir -p "$KUBE_DIR/etcd"
+  log "etcd: starting on 127.0.0.1:$ETCD_PORT"
+  start etcd "$KUBE_DIR/etcd.log" "$K8S_BIN_DIR/etcd" --name local --data-dir "$KUBE_DIR/etcd/data" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "local=http://127.0.0.1:$ETCD_PEER_PORT" --listen-metrics-urls "" \
+    --unsafe-no-fsync --quota-backend-bytes 1073741824
+}
+
+# ---------------------------------------------------------------- kube-apiserver
+apiserver_healthy() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz >/dev/null 2>&1; }
+
+launch_apiserver() {
+  {
+    require_port_free apiserver "$APISERVER_PORT"
+    log "kube-apiserver: starting on https://127.0.0.1:$APISERVER_PORT"
+    # The endpoint reconciler is off: it would publish the loopback address as the
+    # 'kubernetes' Service's endpoint, which validation rejects.
+    start kube-apiserver "$KUBE_DIR/kube-apiserver.log" "$K8S_BIN_DIR/kube-apiserver" \
+      --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+      --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+      --endpoint-reconciler-type none \
+      --cert-dir "$KUBE_DIR/apiserver-certs" \
+      --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
+      --client-ca-file "$PKI_DIR/ca.crt" \
+      --service-account-key-file "$PKI_DIR/sa.pub" --service-account-signing-key-file "$PKI_DIR/sa.key" \
+      --service-account-issuer https://kubernetes.default.svc \
+      --service-cluster-ip-range 10.0.0.0/24 \
+      --authorization-mode RBAC --allow-privileged=true \
+      --profiling=false
+  }
+}
+
+# ---------------------------------------------------------------- kube-controller-manager
+# The service-account controller creating 'default' proves the controllers run.
+controller_manager_healthy() {
+  "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get serviceaccount default -n default >/dev/null 2>&1
+}
+
+launch_controller_manager() {
+  {
+    log "kube-controller-manager: starting"
+    start kube-controller-manager "$KUBE_DIR/kube-controller-manager.log" "$K8S_BIN_DIR/kube-controller-manager" \
+      --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+      --bind-address 127.0.0.1 --secure-port 0 \
+      --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt" \
+      --use-service-account-credentials=false --leader-elect=false \
+      --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
+      --concurrent-statefulset-syncs 5 --profiling=false
+  }
+}
+
+write_env() {
+  cat >"$ENV_FILE" <<ENV
+# Written by 'make env-up'. Scripts: source it. Tests: read KEY=VALUE lines.
+KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+KUBECONFIG=$KUBECONFIG_FILE
+ETCD_ENDPOINT=http://127.0.0.1:$ETCD_PORT
+MQTT_KAFKA_BIN=$BIN_DIR
+ENV
+}
+
+ensure kafka kafka_healthy launch_kafka 90
+make_pki
+write_kubeconfig
+ensure etcd etcd_healthy launch_etcd 60
+ensure kube-apiserver apiserver_healthy launch_apiserver 120
+ensure kube-controller-manager controller_manager_healthy launch_controller_manager 90
+write_env
+
+log "environment ready; details in $ENV_FILE:"
+grep -v '^#' "$ENV_FILE"
+log "tools: export PATH=\"$BIN_DIR:\$PATH\"   (kubectl, helm, etcd, kube-apiserver); kcat from Debian"

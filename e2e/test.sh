@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make test`: the environment, the linters, then every test in the workspace against the
+# live Kafka and apiserver. Fails if anything fails, if a test was skipped (ignored), or if
+# the committed CRD is not what crdgen prints.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+log() { printf '\n[test] %s\n' "$*"; }
+SECONDS=0
+
+log "environment"
+bash e2e/env/up.sh
+set -a; source .local/env; set +a
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "committed CRD matches crdgen"
+crd_file=crds/mqttkafkaproxies.mqttkafka.io.yaml
+if ! diff -u "$crd_file" <(cargo run -q -p mqtt-kafka-operator --bin crdgen); then
+  echo "crds/ is stale: run 'make crds' and commit the result" >&2
+  exit 1
+fi
+
+log "cargo test (unit, integration against Kafka $KAFKA_BOOTSTRAP and the apiserver of $KUBECONFIG)"
+out=.local/cargo-test.log
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
+set -e
+
+passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
+ignored=$(grep -oE '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}')
+log "summary after ${SECONDS}s"
+echo "${passed} passed, ${failed} failed, ${ignored} skipped"
+if ((rc != 0)); then echo "cargo test failed (exit $rc)" >&2; exit "$rc"; fi
+if ((ignored != 0)); then
+  echo "$ignored test(s) were skipped (#[ignore]); every test must run against the live environment" >&2
+  grep -E '\.\.\. ignored' "$out" >&2 || true
+  exit 1
+fi
+if ((passed == 0)); then echo "no test ran" >&2; exit 1; fi

@@ -1,0 +1,223 @@
+//! The process-wide Kafka readers: one fan-out consumer per messages topic (never one per
+//! MQTT client) and the reader that materialises the retained topic. Neither joins a
+//! consumer group: each assigns every partition itself, so every pod sees every record.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use crate::broker::message::{Message, now_ms};
+use crate::kafka::record::{RecordError, message_from_record};
+
+/// Where records go once decoded; the broker implements it.
+pub trait RecordSink: Send + Sync + 'static {
+    /// A record of messages topic `kafka_topic`, live.
+    fn deliver(&self, kafka_topic: &str, message: Message);
+    /// A retained-topic record: `Some` sets the retained message of `topic`, `None` deletes it.
+    fn retained(&self, topic: &str, message: Option<Message>);
+    /// A record that cannot be delivered (null key, bad key).
+    fn skipped(&self, kafka_topic: &str, error: RecordError);
+}
+
+/// Why a reader could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("Kafka error on topic {topic}: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("Kafka topic {0} does not exist (create it, or run the proxy with --create-topics)")]
+    MissingTopic(String),
+}
+
+fn consumer_config(bootstrap: &str, properties: &[(String, String)], group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        // Required by librdkafka even though we only assign and never commit.
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("enable.partition.eof", "false");
+    for (key, value) in properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Each partition of `topic` with its high watermark (the offset the next record gets).
+fn high_watermarks<C: Consumer>(consumer: &C, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>, ReaderError> {
+    let kafka = |source| ReaderError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(kafka)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    if partitions.is_empty() {
+        return Err(ReaderError::MissingTopic(topic.to_owned()));
+    }
+    partitions
+        .into_iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map(|(_, high)| (p, high))
+                .map_err(kafka)
+        })
+        .collect()
+}
+
+fn decode(record: &BorrowedMessage<'_>) -> Result<Message, RecordError> {
+    let headers = record.headers();
+    let pairs = headers.iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
+    let timestamp = record.timestamp().to_millis().unwrap_or_else(now_ms);
+    message_from_record(record.key(), record.payload(), timestamp, pairs)
+}
+
+/// Starts the fan-out reader of messages topic `topic`: positions are fixed at the current
+/// end of every partition before this returns, so anything produced afterwards is seen.
+pub async fn start_fanout(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    instance: &str,
+    topic: &str,
+    sink: Arc<dyn RecordSink>,
+) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
+    let config = consumer_config(bootstrap, properties, &format!("mqtt-kafka-fanout-{instance}"));
+    let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    let name = topic.to_owned();
+    let (consumer, ends) = tokio::task::spawn_blocking(move || {
+        let ends = high_watermarks(&consumer, &name, Duration::from_secs(10));
+        (consumer, ends)
+    })
+    .await
+    .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, end) in ends? {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(end))
+            .map_err(|source| ReaderError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            })?;
+    }
+    consumer.assign(&assignment).map_err(|source| ReaderError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    let topic = topic.to_owned();
+    Ok(tokio::spawn(async move {
+        loop {
+            match consumer.recv().await {
+                Ok(record) => match decode(&record) {
+                    Ok(message) => sink.deliver(&topic, message),
+                    Err(error) => sink.skipped(&topic, error),
+                },
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "fan-out consumer error; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }))
+}
+
+/// Starts the reader of the retained topic: it replays the topic from the beginning into
+/// `sink`, sets `loaded` once it has reached the end every partition had at start-up, and
+/// keeps applying later records (other pods' retained messages).
+pub async fn start_retained_reader(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    instance: &str,
+    topic: &str,
+    sink: Arc<dyn RecordSink>,
+    loaded: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
+    let config = consumer_config(bootstrap, properties, &format!("mqtt-kafka-retained-{instance}"));
+    let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    let name = topic.to_owned();
+    let (consumer, ends) = tokio::task::spawn_blocking(move || {
+        let ends = high_watermarks(&consumer, &name, Duration::from_secs(10));
+        (consumer, ends)
+    })
+    .await
+    .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
+    let ends = ends?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, _) in &ends {
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(|source| ReaderError::Kafka {
+                topic: topic.to_owned(),
+                source,
+            })?;
+    }
+    consumer.assign(&assignment).map_err(|source| ReaderError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    // Partitions still to be read up to their start-up end. Compaction leaves gaps, so
+    // progress is the consumer's position, not the offset of the last record seen.
+    let mut pending: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let topic = topic.to_owned();
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            if !pending.is_empty() {
+                if let Ok(positions) = consumer.position() {
+                    pending.retain(|(p, end)| {
+                        let at = positions.find_partition(&topic, *p).and_then(|e| match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                        at.is_none_or(|o| o < *end)
+                    });
+                }
+                if pending.is_empty() {
+                    tracing::info!(%topic, "retained messages loaded");
+                }
+            }
+            if pending.is_empty() && !loaded.load(Ordering::Acquire) {
+                loaded.store(true, Ordering::Release);
+            }
+            tokio::select! {
+                received = consumer.recv() => match received {
+                    Ok(record) => match (record.key().map(std::str::from_utf8), record.payload()) {
+                        (Some(Ok(key)), None) => sink.retained(key, None),
+                        _ => match decode(&record) {
+                            Ok(message) => {
+                                let key = message.topic.clone();
+                                sink.retained(&key, Some(message));
+                            }
+                            Err(error) => sink.skipped(&topic, error),
+                        },
+                    },
+                    Err(error) => {
+                        tracing::warn!(%topic, %error, "retained reader error; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = tick.tick() => {}
+            }
+        }
+    }))
+}

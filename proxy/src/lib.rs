@@ -1,0 +1,15 @@
+//! mqtt-kafka-proxy: an MQTT 3.1.1 / 5.0 broker whose messages, retained messages and
+//! sessions live in Kafka. See `shared/DESIGN.md` for the contract it implements.
+//!
+//! Data flows one way: `listener` accepts byte streams, `mqtt` turns them into packets and
+//! runs each connection, `broker` decides (subscriptions, routes, retained view), `kafka`
+//! stores and reads. `admin` serves health and metrics.
+
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod kafka;
+pub mod listener;
+pub mod metrics;
+pub mod mqtt;
+pub mod server;

@@ -1,0 +1,3 @@
+//! Accept loops: each hands accepted byte streams to `mqtt::connection::serve`.
+
+pub mod tcp;

@@ -1,0 +1,119 @@
+//! Prometheus metrics of one proxy process, served by `admin` at `/metrics`.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections past CONNACK.
+    pub connections: IntGauge,
+    /// CONNECTs answered, by CONNACK reason (`success`, `0x87`, ...).
+    pub connects: IntCounterVec,
+    /// PUBLISH packets received, by QoS.
+    pub published: IntCounterVec,
+    /// PUBLISH packets sent to subscribers.
+    pub delivered: IntCounter,
+    /// Deliveries dropped, by reason (`queue_full`, `expired`, `too_large`).
+    pub dropped: IntCounterVec,
+    /// Kafka produce failures.
+    pub kafka_errors: IntCounter,
+    /// Records that could not become MQTT messages, by reason (`null_key`, `bad_key`).
+    pub records_skipped: IntCounterVec,
+    /// Retained messages in the materialised view.
+    pub retained: IntGauge,
+    /// Connections closed by the server, by DISCONNECT reason code.
+    pub disconnects: IntCounterVec,
+}
+
+// Names and help texts are constants, so construction can only fail on a programming
+// error that the unit test below catches; `expect` states that.
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric definition")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric definition")
+}
+
+fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric definition")
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metrics = Self {
+            registry: Registry::new_custom(Some("mqtt_kafka".into()), None).expect("valid registry prefix"),
+            connections: gauge("connections", "MQTT connections past CONNACK"),
+            connects: counter_vec(
+                "connects_total",
+                "CONNECT packets answered, by CONNACK reason",
+                "reason",
+            ),
+            published: counter_vec("published_total", "PUBLISH packets received, by QoS", "qos"),
+            delivered: counter("delivered_total", "PUBLISH packets sent to subscribers"),
+            dropped: counter_vec("dropped_total", "deliveries dropped, by reason", "reason"),
+            kafka_errors: counter("kafka_produce_errors_total", "Kafka produce failures"),
+            records_skipped: counter_vec(
+                "records_skipped_total",
+                "Kafka records not deliverable as MQTT, by reason",
+                "reason",
+            ),
+            retained: gauge("retained_messages", "retained messages in the view"),
+            disconnects: counter_vec(
+                "server_disconnects_total",
+                "connections closed by the server, by reason code",
+                "reason",
+            ),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.connects.clone()),
+            Box::new(metrics.published.clone()),
+            Box::new(metrics.delivered.clone()),
+            Box::new(metrics.dropped.clone()),
+            Box::new(metrics.kafka_errors.clone()),
+            Box::new(metrics.records_skipped.clone()),
+            Box::new(metrics.retained.clone()),
+            Box::new(metrics.disconnects.clone()),
+        ];
+        for collector in collectors {
+            metrics.registry.register(collector).expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_and_rendered_with_the_prefix() {
+        let m = Metrics::new();
+        m.connections.inc();
+        m.published.with_label_values(&["1"]).inc();
+        m.records_skipped.with_label_values(&["null_key"]).inc();
+        let text = m.render();
+        assert!(text.contains("mqtt_kafka_connections 1"), "{text}");
+        assert!(text.contains("mqtt_kafka_published_total{qos=\"1\"} 1"), "{text}");
+        assert!(
+            text.contains("mqtt_kafka_records_skipped_total{reason=\"null_key\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,711 @@
+//! One MQTT connection, from CONNECT to close: reads packets, publishes to Kafka through
+//! the hub, answers acknowledgements in order, delivers what the hub dispatches within the
+//! client's window, and enforces every limit with the reason code the spec names.
+
+use std::collections::HashSet;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::{
+    ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet, PublishAck, PublishAck2, PublishAck2Reason,
+    PublishAckReason, PublishProperties, RetainHandling, Subscribe, SubscribeAck, SubscribeAckReason, ToReasonCode,
+    Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+use crate::broker::hub::{ConnId, Hub, Outgoing, Registration};
+use crate::broker::message::{Message, MessageProperties, now_ms};
+use crate::broker::subscriptions::Subscription;
+use crate::broker::topic;
+use crate::kafka::producer::PublishError;
+use crate::mqtt::codec::{MqttCodec, Version};
+use crate::mqtt::connect::{self, Limits};
+use crate::mqtt::inflight::{AckOutcome, Inflight};
+use crate::mqtt::topic_alias::{InboundAliases, OutboundAliases, OutboundTopic};
+
+type Transport<S> = Framed<S, MqttCodec>;
+type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
+
+/// Serves one accepted byte stream until it closes. `connections` counts this process's
+/// live MQTT connections (for `maxConnections`).
+pub async fn serve<S>(stream: S, hub: Arc<Hub>, limits: Arc<Limits>, connections: Arc<AtomicUsize>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut transport = Framed::new(stream, MqttCodec::new(limits.maximum_packet_size));
+    let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
+    let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
+        Ok(Some(Ok(Packet::Connect(connect)))) => connect,
+        Ok(Some(Ok(other))) => {
+            tracing::debug!(packet = ?other.packet_type(), "first packet is not CONNECT; closing");
+            return;
+        }
+        Ok(Some(Err(error))) => {
+            refuse_undecodable_connect(&mut transport, &error).await;
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let Some(version) = transport.codec().version() else {
+        return;
+    };
+    let counter = ConnectionSlot::take(&connections);
+    let accepted = match connect::accept(&connect, version, &limits, counter.others(), assign_client_id) {
+        Ok(accepted) => accepted,
+        Err(reason) => {
+            hub.metrics()
+                .connects
+                .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+                .inc();
+            let _ = transport
+                .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
+                .await;
+            return;
+        }
+    };
+    if let Some(max) = connect.max_packet_size {
+        transport.codec_mut().set_max_outbound(max.get());
+    }
+    let registration = hub.register(&accepted.client_id);
+    let window = connect
+        .receive_max
+        .map_or(u16::MAX, NonZeroU16::get)
+        .min(limits.max_inflight_outbound);
+    let mut connection = Connection {
+        id: registration.id,
+        client_id: accepted.client_id.clone(),
+        version,
+        hub: Arc::clone(&hub),
+        limits: Arc::clone(&limits),
+        inflight: Inflight::new(window, limits.outbound_queue),
+        out_aliases: OutboundAliases::new(connect.topic_alias_max),
+        in_aliases: InboundAliases::new(limits.topic_alias_maximum),
+        pending_acks: FuturesOrdered::new(),
+        pending_ids: HashSet::new(),
+        qos2_received: HashSet::new(),
+        will: connect.last_will.clone(),
+    };
+    let connack = connect::connack(&accepted, &limits);
+    hub.metrics().connects.with_label_values(&["success"]).inc();
+    if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
+        hub.unregister(registration.id, &accepted.client_id);
+        return;
+    }
+    hub.metrics().connections.inc();
+    tracing::debug!(client_id = %accepted.client_id, ?version, "connected");
+    let ending = connection.run(&mut transport, registration, accepted.keep_alive).await;
+    hub.metrics().connections.dec();
+    hub.unregister(connection.id, &connection.client_id);
+    match ending {
+        Ending::Normal => {}
+        Ending::Abnormal(reason) => {
+            if let Some(reason) = reason {
+                hub.metrics()
+                    .disconnects
+                    .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+                    .inc();
+                if version == Version::V5 {
+                    let _ = transport.send(Packet::Disconnect(Disconnect::new(reason))).await;
+                }
+            }
+            connection.publish_will();
+        }
+    }
+    let _ = transport.get_mut().shutdown().await;
+    drop(counter);
+}
+
+/// Answers a CONNECT that could not be decoded: with the reason code when the version is
+/// known, with 3.1.1's "unacceptable protocol version" when the protocol level is not.
+async fn refuse_undecodable_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    transport: &mut Transport<S>,
+    error: &DecodeError,
+) {
+    tracing::debug!(%error, "undecodable CONNECT");
+    let version = transport.codec().version();
+    match version {
+        Some(_) => {
+            let reason = match error.to_reason_code() {
+                DisconnectReasonCode::PacketTooLarge => ConnectAckReason::PacketTooLarge,
+                DisconnectReasonCode::ProtocolError => ConnectAckReason::ProtocolError,
+                _ => ConnectAckReason::MalformedPacket,
+            };
+            let _ = transport
+                .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
+                .await;
+        }
+        None if matches!(error, DecodeError::InvalidProtocol) => {
+            // MQTT 3.1.1 §3.1.2-2: CONNACK 0x01, then close.
+            let _ = transport.get_mut().write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        }
+        None => {}
+    }
+}
+
+fn assign_client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_i64(now_ms());
+    format!("mqtt-kafka-{:016x}", hasher.finish())
+}
+
+/// Holds one place in the connection count while alive.
+struct ConnectionSlot(Arc<AtomicUsize>, usize);
+
+impl ConnectionSlot {
+    fn take(counter: &Arc<AtomicUsize>) -> Self {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(counter), before)
+    }
+    /// Connections that were live before this one.
+    fn others(&self) -> usize {
+        self.1
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a connection ended.
+enum Ending {
+    /// DISCONNECT from the client (no will).
+    Normal,
+    /// Anything else; `Some(code)` is the DISCONNECT reason to send (5.0).
+    Abnormal(Option<DisconnectReasonCode>),
+}
+
+struct Connection {
+    id: ConnId,
+    client_id: String,
+    version: Version,
+    hub: Arc<Hub>,
+    limits: Arc<Limits>,
+    inflight: Inflight<Outgoing>,
+    out_aliases: OutboundAliases,
+    in_aliases: InboundAliases,
+    /// QoS 1/2 PUBLISHes waiting for Kafka, in arrival order (acks go out in that order).
+    pending_acks: FuturesOrdered<PendingAck>,
+    pending_ids: HashSet<u16>,
+    /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
+    qos2_received: HashSet<u16>,
+    will: Option<LastWill>,
+}
+
+/// What handling one packet asks of the loop.
+type Step = Result<(), Ending>;
+
+fn protocol_error() -> Ending {
+    Ending::Abnormal(Some(DisconnectReasonCode::ProtocolError))
+}
+
+impl Connection {
+    async fn run<S>(&mut self, transport: &mut Transport<S>, registration: Registration, keep_alive: u16) -> Ending
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Registration {
+            mut deliveries,
+            mut kicked,
+            ..
+        } = registration;
+        // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let far_future = Duration::from_secs(86_400 * 365);
+        let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
+        tokio::pin!(deadline);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = kicked.changed() => Err(Ending::Abnormal(Some(DisconnectReasonCode::SessionTakenOver))),
+                Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
+                    self.on_kafka_ack(transport, id, qos, result).await
+                }
+                packet = transport.next() => match packet {
+                    Some(Ok(packet)) => {
+                        if let Some(grace) = grace {
+                            deadline.as_mut().reset(Instant::now() + grace);
+                        }
+                        self.on_packet(transport, packet).await
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(client_id = %self.client_id, %error, "undecodable packet");
+                        Err(Ending::Abnormal(Some(error.to_reason_code())))
+                    }
+                    None => Err(Ending::Abnormal(None)),
+                },
+                Some(outgoing) = deliveries.recv() => self.deliver(transport, outgoing).await,
+                _ = &mut deadline => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+            if let Err(ending) = flush(transport).await {
+                return ending;
+            }
+        }
+    }
+
+    async fn on_packet<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        packet: Packet,
+    ) -> Step {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(transport, *publish).await,
+            Packet::PublishAck(ack) => {
+                if self.inflight.on_puback(ack.packet_id) == AckOutcome::Completed {
+                    self.drain_queue(transport).await?;
+                }
+                Ok(())
+            }
+            Packet::PublishReceived(ack) => {
+                if u8::from(ack.reason_code) >= 0x80 {
+                    // A negative PUBREC ends the QoS 2 flow (§4.3.3).
+                    self.inflight.abandon(ack.packet_id);
+                    return self.drain_queue(transport).await;
+                }
+                let reason = match self.inflight.on_pubrec(ack.packet_id) {
+                    AckOutcome::SendRelease => PublishAck2Reason::Success,
+                    _ => PublishAck2Reason::PacketIdNotFound,
+                };
+                feed(transport, Packet::PublishRelease(ack2(ack.packet_id, reason))).await
+            }
+            Packet::PublishComplete(ack) => {
+                if self.inflight.on_pubcomp(ack.packet_id) == AckOutcome::Completed {
+                    self.drain_queue(transport).await?;
+                }
+                Ok(())
+            }
+            Packet::PublishRelease(rel) => {
+                let reason = if self.qos2_received.remove(&rel.packet_id.get()) {
+                    PublishAck2Reason::Success
+                } else {
+                    PublishAck2Reason::PacketIdNotFound
+                };
+                feed(transport, Packet::PublishComplete(ack2(rel.packet_id, reason))).await
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(transport, subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(transport, unsubscribe).await,
+            Packet::PingRequest => feed(transport, Packet::PingResponse).await,
+            Packet::Disconnect(disconnect) => {
+                if disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                    Err(Ending::Abnormal(None))
+                } else {
+                    self.will = None;
+                    Err(Ending::Normal)
+                }
+            }
+            // A second CONNECT, or AUTH without an authentication method, is a protocol error.
+            Packet::Connect(_) | Packet::Auth(_) => Err(protocol_error()),
+            // Packets only a server sends; the codec does not produce them.
+            _ => Err(protocol_error()),
+        }
+    }
+
+    /// Packets with QoS > 0 the client has sent and the server has not finished: waiting
+    /// for Kafka, or (QoS 2) for PUBREL. Bounded by the Receive Maximum we advertised.
+    fn inbound_in_flight(&self) -> usize {
+        self.pending_ids.len() + self.qos2_received.len()
+    }
+
+    async fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        publish: Publish,
+    ) -> Step {
+        let qos = publish.qos.value();
+        let properties = publish.properties.unwrap_or_default();
+        let alias = properties.topic_alias.map(NonZeroU16::get);
+        let topic = match self.in_aliases.resolve(&publish.topic, alias) {
+            Ok(topic) => topic,
+            Err(crate::mqtt::topic_alias::AliasError::OutOfRange(_)) => {
+                return Err(Ending::Abnormal(Some(DisconnectReasonCode::TopicAliasInvalid)));
+            }
+            Err(crate::mqtt::topic_alias::AliasError::Unknown(_)) => return Err(protocol_error()),
+        };
+        if topic::validate_topic_name(&topic).is_err() {
+            return Err(Ending::Abnormal(Some(DisconnectReasonCode::TopicNameInvalid)));
+        }
+        if qos > self.limits.qos_max {
+            return Err(Ending::Abnormal(Some(DisconnectReasonCode::QosNotSupported)));
+        }
+        self.hub.metrics().published.with_label_values(&[qos_label(qos)]).inc();
+        let packet_id = match (qos, publish.packet_id) {
+            (0, _) => None,
+            (_, Some(id)) => Some(id),
+            (_, None) => return Err(protocol_error()),
+        };
+        if let Some(id) = packet_id {
+            // A retransmission of a QoS 2 PUBLISH already in Kafka is not produced again.
+            if qos == 2 && self.qos2_received.contains(&id.get()) {
+                return feed(transport, Packet::PublishReceived(ack(id, PublishAckReason::Success))).await;
+            }
+            if self.pending_ids.contains(&id.get()) {
+                // Still waiting for Kafka; its acknowledgement will answer both.
+                return Ok(());
+            }
+            if self.inbound_in_flight() >= usize::from(self.limits.receive_maximum) {
+                return Err(Ending::Abnormal(Some(DisconnectReasonCode::ReceiveMaximumExceeded)));
+            }
+        }
+        if properties.is_utf8_payload && std::str::from_utf8(&publish.payload).is_err() {
+            return match packet_id {
+                Some(id) => feed(transport, puback(qos, id, PublishAckReason::PayloadFormatInvalid)).await,
+                None => Err(Ending::Abnormal(Some(DisconnectReasonCode::PayloadFormatInvalid))),
+            };
+        }
+        let message = Message {
+            topic,
+            payload: publish.payload,
+            qos,
+            retain: publish.retain,
+            publisher: Some(self.client_id.clone()),
+            properties: MessageProperties {
+                expiry_secs: properties.message_expiry_interval.map(NonZeroU32::get),
+                content_type: properties.content_type.map(|s| s.to_string()),
+                payload_utf8: properties.is_utf8_payload,
+                response_topic: properties.response_topic.map(|s| s.to_string()),
+                correlation_data: properties.correlation_data,
+                user_properties: properties
+                    .user_properties
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            timestamp_ms: now_ms(),
+        };
+        let delivery = self.hub.publish(message);
+        match packet_id {
+            None => {
+                tokio::spawn(async move {
+                    if let Err(error) = delivery.await {
+                        tracing::warn!(%error, "QoS 0 message not stored in Kafka");
+                    }
+                });
+            }
+            Some(id) => {
+                self.pending_ids.insert(id.get());
+                self.pending_acks
+                    .push_back(Box::pin(async move { (id, qos, delivery.await) }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_kafka_ack<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        id: NonZeroU16,
+        qos: u8,
+        result: Result<(), PublishError>,
+    ) -> Step {
+        self.pending_ids.remove(&id.get());
+        let reason = match result {
+            Ok(()) => PublishAckReason::Success,
+            Err(error) => {
+                tracing::warn!(client_id = %self.client_id, %error, "PUBLISH not stored in Kafka");
+                if self.version == Version::V3 {
+                    // 3.1.1 has no negative acknowledgement; closing makes the client resend.
+                    return Err(Ending::Abnormal(None));
+                }
+                match error {
+                    PublishError::UnknownTopic(_) => PublishAckReason::TopicNameInvalid,
+                    PublishError::Kafka { .. } => PublishAckReason::UnspecifiedError,
+                }
+            }
+        };
+        if qos == 2 && reason == PublishAckReason::Success {
+            self.qos2_received.insert(id.get());
+        }
+        feed(transport, puback(qos, id, reason)).await
+    }
+
+    async fn on_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        subscribe: Subscribe,
+    ) -> Step {
+        let identifier = subscribe.id.map(NonZeroU32::get);
+        let mut status = Vec::with_capacity(subscribe.topic_filters.len());
+        let mut replay = Vec::new();
+        for (filter, options) in &subscribe.topic_filters {
+            let granted = options.qos.value().min(self.limits.qos_max);
+            let mut subscription = match Subscription::parse(filter, granted) {
+                Ok(subscription) => subscription,
+                Err(_) => {
+                    status.push(SubscribeAckReason::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            if subscription.share_group.is_some() && options.no_local {
+                // MQTT 5 §3.8.3.1: No Local on a shared subscription is a protocol error.
+                return Err(protocol_error());
+            }
+            subscription.no_local = options.no_local;
+            subscription.retain_as_published = options.retain_as_published;
+            subscription.retain_handling = match options.retain_handling {
+                RetainHandling::AtSubscribe => 0,
+                RetainHandling::AtSubscribeNew => 1,
+                RetainHandling::NoAtSubscribe => 2,
+            };
+            subscription.identifier = identifier;
+            let existed = self.hub.subscribe(self.id, &self.client_id, &subscription);
+            let wants_retained = match subscription.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            // Shared subscriptions never receive retained messages (§4.8.2).
+            if wants_retained && subscription.share_group.is_none() {
+                for message in self.hub.retained_matching(&subscription.filter) {
+                    replay.push(Outgoing {
+                        qos: message.qos.min(granted),
+                        message,
+                        retain: true,
+                        identifiers: identifier.into_iter().collect(),
+                    });
+                }
+            }
+            status.push(granted_reason(granted));
+        }
+        let suback = SubscribeAck {
+            packet_id: subscribe.packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status,
+        };
+        feed(transport, Packet::SubscribeAck(suback)).await?;
+        // Retained messages go out before any live message of the same topic: live ones
+        // wait in the delivery channel until this returns.
+        for outgoing in replay {
+            self.deliver(transport, outgoing).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_unsubscribe<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        unsubscribe: Unsubscribe,
+    ) -> Step {
+        let status = unsubscribe
+            .topic_filters
+            .iter()
+            .map(|filter| {
+                if self.hub.unsubscribe(self.id, filter) {
+                    UnsubscribeAckReason::Success
+                } else {
+                    UnsubscribeAckReason::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        let unsuback = UnsubscribeAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status,
+        };
+        feed(transport, Packet::UnsubscribeAck(unsuback)).await
+    }
+
+    /// Sends a delivery now if its QoS allows or the window has room, else queues it.
+    async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        outgoing: Outgoing,
+    ) -> Step {
+        if outgoing.qos == 0 {
+            return self.send_publish(transport, outgoing, None).await;
+        }
+        match self.inflight.start(outgoing.qos) {
+            Some(id) => self.send_publish(transport, outgoing, Some(id)).await,
+            None => {
+                if self.inflight.enqueue(outgoing).is_err() {
+                    self.hub.metrics().dropped.with_label_values(&["queue_full"]).inc();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn drain_queue<S: AsyncRead + AsyncWrite + Unpin>(&mut self, transport: &mut Transport<S>) -> Step {
+        while let Some(outgoing) = self.inflight.next_queued() {
+            self.deliver(transport, outgoing).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_publish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        outgoing: Outgoing,
+        packet_id: Option<NonZeroU16>,
+    ) -> Step {
+        let message = &outgoing.message;
+        let remaining_expiry = message.remaining_expiry_secs(now_ms());
+        if remaining_expiry == Some(0) {
+            if let Some(id) = packet_id {
+                self.inflight.abandon(id);
+            }
+            self.hub.metrics().dropped.with_label_values(&["expired"]).inc();
+            return Ok(());
+        }
+        let (topic, properties) = match self.version {
+            Version::V3 => (ByteString::from(message.topic.as_str()), None),
+            Version::V5 => {
+                let (topic, alias) = match self.out_aliases.for_topic(&message.topic) {
+                    OutboundTopic::Plain => (ByteString::from(message.topic.as_str()), None),
+                    OutboundTopic::Assign(alias) => (ByteString::from(message.topic.as_str()), NonZeroU16::new(alias)),
+                    OutboundTopic::Reuse(alias) => (ByteString::new(), NonZeroU16::new(alias)),
+                };
+                let p = &message.properties;
+                let properties = PublishProperties {
+                    topic_alias: alias,
+                    correlation_data: p.correlation_data.clone(),
+                    message_expiry_interval: remaining_expiry.and_then(NonZeroU32::new),
+                    content_type: p.content_type.as_deref().map(ByteString::from),
+                    user_properties: p
+                        .user_properties
+                        .iter()
+                        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
+                        .collect(),
+                    is_utf8_payload: p.payload_utf8,
+                    response_topic: p.response_topic.as_deref().map(ByteString::from),
+                    subscription_ids: outgoing
+                        .identifiers
+                        .iter()
+                        .filter_map(|&id| NonZeroU32::new(id))
+                        .collect(),
+                };
+                (topic, Some(properties))
+            }
+        };
+        let publish = Publish {
+            dup: false,
+            retain: outgoing.retain,
+            qos: match outgoing.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
+            topic,
+            packet_id,
+            payload: message.payload.clone(),
+            properties,
+        };
+        match transport.feed(Packet::Publish(Box::new(publish))).await {
+            Ok(()) => {
+                self.hub.metrics().delivered.inc();
+                Ok(())
+            }
+            // Larger than the client's Maximum Packet Size: discarded (§3.1.2.25), not fatal.
+            Err(EncodeError::OverMaxPacketSize { .. }) => {
+                if let Some(id) = packet_id {
+                    self.inflight.abandon(id);
+                }
+                self.out_aliases.forget(&message.topic);
+                self.hub.metrics().dropped.with_label_values(&["too_large"]).inc();
+                Ok(())
+            }
+            Err(_) => Err(Ending::Abnormal(None)),
+        }
+    }
+
+    /// Publishes the will, if any (abnormal end: §3.1.2.5). Sessions end with the
+    /// connection for now, so the will delay is bounded by a session expiry of 0.
+    fn publish_will(&mut self) {
+        let Some(will) = self.will.take() else { return };
+        let message = Message {
+            topic: will.topic.to_string(),
+            payload: will.message,
+            qos: will.qos.value(),
+            retain: will.retain,
+            publisher: Some(self.client_id.clone()),
+            properties: MessageProperties {
+                expiry_secs: will.message_expiry_interval.map(NonZeroU32::get),
+                content_type: will.content_type.map(|s| s.to_string()),
+                payload_utf8: will.is_utf8_payload == Some(true),
+                response_topic: will.response_topic.map(|s| s.to_string()),
+                correlation_data: will.correlation_data,
+                user_properties: will
+                    .user_properties
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+            timestamp_ms: now_ms(),
+        };
+        let delivery = self.hub.publish(message);
+        let client_id = self.client_id.clone();
+        tokio::spawn(async move {
+            if let Err(error) = delivery.await {
+                tracing::warn!(%client_id, %error, "will message not stored in Kafka");
+            }
+        });
+    }
+}
+
+async fn flush<S: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<S>) -> Step {
+    transport.flush().await.map_err(|_| Ending::Abnormal(None))
+}
+
+/// Queues a packet for the client; written at the next flush.
+async fn feed<S: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<S>, packet: Packet) -> Step {
+    transport.feed(packet).await.map_err(|_| Ending::Abnormal(None))
+}
+
+fn qos_label(qos: u8) -> &'static str {
+    match qos {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}
+
+fn granted_reason(qos: u8) -> SubscribeAckReason {
+    match qos {
+        0 => SubscribeAckReason::GrantedQos0,
+        1 => SubscribeAckReason::GrantedQos1,
+        _ => SubscribeAckReason::GrantedQos2,
+    }
+}
+
+fn ack(packet_id: NonZeroU16, reason_code: PublishAckReason) -> PublishAck {
+    PublishAck {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn ack2(packet_id: NonZeroU16, reason_code: PublishAck2Reason) -> PublishAck2 {
+    PublishAck2 {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+/// PUBACK for QoS 1, PUBREC for QoS 2.
+fn puback(qos: u8, id: NonZeroU16, reason: PublishAckReason) -> Packet {
+    if qos == 2 {
+        Packet::PublishReceived(ack(id, reason))
+    } else {
+        Packet::PublishAck(ack(id, reason))
+    }
+}

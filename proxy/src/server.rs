@@ -1,0 +1,219 @@
+//! Wiring of one proxy process: from a validated config to running listeners, Kafka
+//! readers and the admin endpoint. `main` parses the CLI and calls [`start`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Readiness};
+use crate::broker::hub::Hub;
+use crate::broker::identity::{IdentityPatterns, PatternError};
+use crate::broker::routes::{Condition, Route, RouteError, RouteTable};
+use crate::config::{Config, ConfigError, ListenerProtocol, RouteCondition};
+use crate::kafka::admin::{self as kafka_admin, AdminError};
+use crate::kafka::consumer::{self, ReaderError, RecordSink};
+use crate::kafka::producer::{PublishError, Publisher};
+use crate::listener;
+use crate::metrics::Metrics;
+use crate::mqtt::connect::Limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Routes(#[from] RouteError),
+    #[error("clients: {0}")]
+    Clients(#[from] PatternError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Reader(#[from] ReaderError),
+    #[error("Kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("binding {address} for listener {name}: {source}")]
+    Bind {
+        name: String,
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {name}: protocol {protocol} is not served yet (tcp is)")]
+    UnsupportedListener { name: String, protocol: &'static str },
+}
+
+/// Start-up choices that are not part of the config file.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Create missing topics (local runs; on Kubernetes the operator creates them).
+    pub create_topics: bool,
+    /// Partitions of topics created with `create_topics`.
+    pub partitions: i32,
+}
+
+/// A running proxy. Dropping it stops its tasks.
+pub struct Server {
+    /// Bound address of each MQTT listener, in config order.
+    pub mqtt_addresses: Vec<SocketAddr>,
+    pub admin_address: SocketAddr,
+    pub readiness: Arc<Readiness>,
+    pub hub: Arc<Hub>,
+    publisher: Arc<Publisher>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets Kafka deliver what is queued.
+    pub async fn shutdown(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let publisher = Arc::clone(&self.publisher);
+        let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn route_table(config: &Config) -> Result<RouteTable, RouteError> {
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| Route {
+            when: r
+                .when
+                .iter()
+                .map(|c| {
+                    let filters = c.topics().iter().map(|t| t.topic.clone()).collect();
+                    match c {
+                        RouteCondition::Publish(_) => Condition::Publish(filters),
+                        RouteCondition::Subscribe(_) => Condition::Subscribe(filters),
+                    }
+                })
+                .collect(),
+            messages: r
+                .with
+                .as_ref()
+                .map_or_else(|| config.topics.messages.clone(), |w| w.messages.clone()),
+            guarded: r.guarded.values().flatten().cloned().collect(),
+        })
+        .collect();
+    RouteTable::new(config.topics.messages.clone(), routes)
+}
+
+/// Starts everything `config` describes; returns once the listeners accept connections.
+pub async fn start(config: Config, options: StartOptions) -> Result<Server, ServerError> {
+    config.validate()?;
+    let instance = config.effective_instance_id();
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
+    let admin = kafka_admin::client(&bootstrap, &properties)?;
+    if options.create_topics {
+        let specs = kafka_admin::topic_specs(&config, options.partitions.max(1), 1);
+        let created = kafka_admin::create_missing(&admin, &specs).await?;
+        if !created.is_empty() {
+            tracing::info!(?created, "created Kafka topics");
+        }
+    }
+    kafka_admin::check_sessions_compacted(&admin, &config.topics.sessions).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Arc::new(Publisher::new(
+        &bootstrap,
+        &properties,
+        &config.topics.retained,
+        Duration::from_secs(30),
+    )?);
+    let hub = Arc::new(Hub::new(
+        route_table(&config)?,
+        IdentityPatterns::parse(&config.clients)?,
+        Arc::clone(&publisher),
+        Arc::clone(&metrics),
+        1024,
+    ));
+    publisher.load_partitions(&hub.messages_topics()).await?;
+
+    let mut tasks = Vec::new();
+    let sink: Arc<dyn RecordSink> = hub.clone();
+    for topic in hub.messages_topics() {
+        tasks.push(consumer::start_fanout(&bootstrap, &properties, &instance, &topic, Arc::clone(&sink)).await?);
+    }
+    let retained_loaded = Arc::new(AtomicBool::new(false));
+    tasks.push(
+        consumer::start_retained_reader(
+            &bootstrap,
+            &properties,
+            &instance,
+            &config.topics.retained,
+            Arc::clone(&sink),
+            Arc::clone(&retained_loaded),
+        )
+        .await?,
+    );
+    let readiness = Arc::new(Readiness::new(retained_loaded));
+    tasks.push(admin::spawn_kafka_probe(
+        bootstrap.clone(),
+        properties.clone(),
+        Arc::clone(&readiness),
+    ));
+
+    let admin_address = config.admin.socket_addr()?;
+    let (admin_listener, admin_address) =
+        listener::tcp::bind(admin_address)
+            .await
+            .map_err(|source| ServerError::Bind {
+                name: "admin".into(),
+                address: admin_address.to_string(),
+                source,
+            })?;
+    tasks.push(tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::clone(&metrics),
+        Arc::clone(&readiness),
+    )));
+
+    let limits = Arc::new(Limits::from_config(&config));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let mut mqtt_addresses = Vec::new();
+    for l in &config.listeners {
+        if l.protocol != ListenerProtocol::Tcp {
+            return Err(ServerError::UnsupportedListener {
+                name: l.name.clone(),
+                protocol: l.protocol.as_str(),
+            });
+        }
+        let address = l.socket_addr()?;
+        let (tcp, bound) = listener::tcp::bind(address).await.map_err(|source| ServerError::Bind {
+            name: l.name.clone(),
+            address: l.address.clone(),
+            source,
+        })?;
+        tracing::info!(listener = %l.name, address = %bound, "MQTT listener ready");
+        mqtt_addresses.push(bound);
+        tasks.push(tokio::spawn(listener::tcp::accept_loop(
+            tcp,
+            Arc::clone(&hub),
+            Arc::clone(&limits),
+            Arc::clone(&connections),
+        )));
+    }
+    Ok(Server {
+        mqtt_addresses,
+        admin_address,
+        readiness,
+        hub,
+        publisher,
+        tasks,
+    })
+}
