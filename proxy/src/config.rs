@@ -832,7 +832,9 @@ impl Config {
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
-        if let Ok(admin) = parse_socket_addr(&self.admin.address) {
+        if let Ok(admin) = parse_socket_addr(&self.admin.address)
+            && admin.port() != 0
+        {
             addresses.insert(admin, "admin.address".to_owned());
         }
         for (i, listener) in self.listeners.iter().enumerate() {
@@ -855,6 +857,8 @@ impl Config {
             }
             match parse_socket_addr(&listener.address) {
                 Err(msg) => v.err(at("address"), msg),
+                // Port 0 asks the OS for a free port: never a clash.
+                Ok(addr) if addr.port() == 0 => {}
                 Ok(addr) => {
                     if let Some(other) = addresses.insert(addr, at("address")) {
                         v.err(at("address"), format!("address {addr} is already used by {other}"));

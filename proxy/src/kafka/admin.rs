@@ -115,7 +115,35 @@ pub async fn create_missing(
             Err((topic, code)) => return Err(AdminError::Create { topic, code }),
         }
     }
+    for topic in &created {
+        await_leaders(admin, topic).await?;
+    }
     Ok(created)
+}
+
+/// Waits until every partition of a just-created topic has a leader: until then metadata
+/// and offset requests fail with transient errors (NotLeaderForPartition and the like).
+async fn await_leaders(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<(), AdminError> {
+    let mut last = RDKafkaErrorCode::LeaderNotAvailable;
+    for _ in 0..100 {
+        let metadata = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let ready = metadata.topics().first().is_some_and(|t| {
+            t.error().is_none()
+                && !t.partitions().is_empty()
+                && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
+        });
+        if ready {
+            return Ok(());
+        }
+        if let Some(code) = metadata.topics().first().and_then(|t| t.error()) {
+            last = code.into();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(AdminError::Describe {
+        topic: topic.to_owned(),
+        code: last,
+    })
 }
 
 /// The value of one config entry of `topic` (`None` when the broker has no such key).

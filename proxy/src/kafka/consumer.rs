@@ -54,7 +54,27 @@ fn consumer_config(bootstrap: &str, properties: &[(String, String)], group: &str
 }
 
 /// Each partition of `topic` with its high watermark (the offset the next record gets).
+/// A just-created topic answers NotLeaderForPartition and the like for a moment, so
+/// failures are retried for about ten seconds (blocking: call from `spawn_blocking`).
 fn high_watermarks<C: Consumer>(consumer: &C, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64)>, ReaderError> {
+    let mut attempt = 0;
+    loop {
+        match try_high_watermarks(consumer, topic, timeout) {
+            Err(ReaderError::Kafka { source, .. }) if attempt < 50 => {
+                tracing::debug!(%topic, error = %source, "watermarks not available yet");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn try_high_watermarks<C: Consumer>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, ReaderError> {
     let kafka = |source| ReaderError::Kafka {
         topic: topic.to_owned(),
         source,

@@ -1,0 +1,335 @@
+//! Shared by the proxy's integration tests: a proxy started in-process on its own
+//! Kafka topics (real Kafka from `make env-up`), MQTT 5 clients (rumqttc), raw TCP peers
+//! for malformed input, and a Kafka reader for what landed in the topics.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mqtt_kafka_proxy::config::{Config, Kafka, Listener, ListenerProtocol};
+use mqtt_kafka_proxy::server::{self, Server, StartOptions};
+use mqtt_kafka_testenv::{kafka, unique_name};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish};
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+pub const PARTITIONS: i32 = 3;
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A proxy on loopback with topics of its own.
+pub struct TestProxy {
+    pub server: Server,
+    pub config: Config,
+}
+
+impl TestProxy {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a proxy on fresh topics after `adjust` changed the default config.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
+        let mut config = Config::new(Kafka::new(bootstrap));
+        let prefix = unique_name("t");
+        config.topics.messages = format!("{prefix}-messages");
+        config.topics.retained = format!("{prefix}-retained");
+        config.topics.sessions = format!("{prefix}-sessions");
+        config.listeners = vec![Listener {
+            name: "mqtt".into(),
+            protocol: ListenerProtocol::Tcp,
+            address: "127.0.0.1:0".into(),
+            path: None,
+            tls: None,
+        }];
+        config.admin.address = "127.0.0.1:0".into();
+        adjust(&mut config);
+        Self::start_on(config).await
+    }
+
+    /// Starts a proxy with exactly `config` (its topics are created when missing).
+    pub async fn start_on(config: Config) -> Self {
+        let options = StartOptions {
+            create_topics: true,
+            partitions: PARTITIONS,
+        };
+        let server = server::start(config.clone(), options).await.expect("proxy starts");
+        let proxy = Self { server, config };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.server.mqtt_addresses[0]
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.config.kafka.bootstrap_servers
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if self.server.readiness.check().is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("proxy not ready: {:?}", self.server.readiness.check());
+    }
+
+    /// GET on the admin endpoint: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.server.admin_address)
+            .await
+            .expect("admin connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("admin write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("admin read");
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+
+    /// A value of a metric line, e.g. `mqtt_kafka_records_skipped_total{reason="null_key"}`.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+}
+
+/// An MQTT 5 client (rumqttc) whose incoming packets are collected in order.
+pub struct Client {
+    pub client: AsyncClient,
+    incoming: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    pub connack: ConnAck,
+}
+
+impl Client {
+    pub async fn connect(proxy: &TestProxy, id: &str) -> Self {
+        Self::connect_with(proxy, id, |_| {}).await
+    }
+
+    pub async fn connect_with(proxy: &TestProxy, id: &str, adjust: impl FnOnce(&mut MqttOptions)) -> Self {
+        let address = proxy.address();
+        let mut options = MqttOptions::new(id, address.ip().to_string(), address.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        adjust(&mut options);
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, mut incoming) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let connack = match tokio::time::timeout(WAIT, incoming.recv()).await {
+            Ok(Some(Ok(Packet::ConnAck(connack)))) => connack,
+            other => panic!("no CONNACK: {other:?}"),
+        };
+        Self {
+            client,
+            incoming,
+            connack,
+        }
+    }
+
+    /// The next incoming packet (or the connection error that ended the client).
+    pub async fn next(&mut self) -> Result<Packet, String> {
+        tokio::time::timeout(WAIT, self.incoming.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no packet within {WAIT:?}"))
+            .unwrap_or_else(|| Err("client stopped".into()))
+    }
+
+    /// The next PUBLISH, skipping acks and other packets.
+    pub async fn next_publish(&mut self) -> Publish {
+        loop {
+            match self.next().await {
+                Ok(Packet::Publish(p)) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection ended before a PUBLISH: {e}"),
+            }
+        }
+    }
+
+    /// Waits for the SUBACK of the last SUBSCRIBE and returns its reason codes.
+    pub async fn suback(&mut self) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        loop {
+            match self.next().await {
+                Ok(Packet::SubAck(ack)) => return ack.return_codes,
+                Ok(_) => {}
+                Err(e) => panic!("connection ended before SUBACK: {e}"),
+            }
+        }
+    }
+
+    /// Asserts that no PUBLISH arrives for `quiet`.
+    pub async fn expect_no_publish(&mut self, quiet: Duration) {
+        let deadline = tokio::time::Instant::now() + quiet;
+        loop {
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Packet::Publish(p)))) => {
+                    panic!("unexpected PUBLISH on {:?}", String::from_utf8_lossy(&p.topic))
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return,
+            }
+        }
+    }
+}
+
+/// Reads records of a Kafka topic from the beginning.
+pub struct KafkaReader {
+    consumer: StreamConsumer,
+}
+
+impl KafkaReader {
+    pub fn new(bootstrap: &str, topic: &str) -> Self {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", unique_name("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut assignment = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            assignment
+                .add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assignment");
+        }
+        consumer.assign(&assignment).expect("assign");
+        Self { consumer }
+    }
+
+    pub async fn next(&self) -> OwnedMessage {
+        tokio::time::timeout(WAIT, self.consumer.recv())
+            .await
+            .expect("a record within the wait")
+            .expect("consume")
+            .detach()
+    }
+
+    /// The next record whose key is `key`.
+    pub async fn next_with_key(&self, key: &str) -> OwnedMessage {
+        loop {
+            let record = self.next().await;
+            if record.key() == Some(key.as_bytes()) {
+                return record;
+            }
+        }
+    }
+}
+
+/// The value of header `name` of a record, as text.
+pub fn header(record: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = record.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
+
+/// All headers of a record as (name, text) pairs, in order.
+pub fn headers(record: &OwnedMessage) -> Vec<(String, String)> {
+    use rdkafka::message::Headers;
+    record
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A raw TCP peer, for bytes no well-behaved client sends.
+pub struct RawPeer {
+    pub stream: TcpStream,
+}
+
+impl RawPeer {
+    pub async fn connect(proxy: &TestProxy) -> Self {
+        Self {
+            stream: TcpStream::connect(proxy.address()).await.expect("tcp connect"),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads until the server closes (or the wait ends); returns everything read.
+    pub async fn read_until_closed(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(WAIT, self.stream.read_to_end(&mut out)).await;
+        out
+    }
+
+    /// Reads one whole MQTT packet (fixed header included); `None` when the server closed.
+    pub async fn read_packet(&mut self) -> Option<Vec<u8>> {
+        let read = async {
+            let mut packet = vec![self.stream.read_u8().await.ok()?];
+            let mut remaining: usize = 0;
+            for shift in [0, 7, 14, 21] {
+                let byte = self.stream.read_u8().await.ok()?;
+                packet.push(byte);
+                remaining |= usize::from(byte & 0x7f) << shift;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            let start = packet.len();
+            packet.resize(start + remaining, 0);
+            self.stream.read_exact(&mut packet[start..]).await.ok()?;
+            Some(packet)
+        };
+        tokio::time::timeout(WAIT, read).await.ok().flatten()
+    }
+
+    /// Connects with a v5 CONNECT and returns the CONNACK's reason code.
+    pub async fn connect_v5(proxy: &TestProxy, id: &str) -> Self {
+        let mut peer = Self::connect(proxy).await;
+        peer.send(&Self::v5_connect(id)).await;
+        let connack = peer.read_packet().await.expect("CONNACK");
+        assert_eq!(
+            (connack[0], connack[3]),
+            (0x20, 0x00),
+            "CONNACK success: {connack:02x?}"
+        );
+        peer
+    }
+
+    /// A v5 CONNECT with client id `id`, clean start, keep alive 30, no properties.
+    pub fn v5_connect(id: &str) -> Vec<u8> {
+        let mut variable = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0];
+        variable.extend_from_slice(&u16::try_from(id.len()).expect("short id").to_be_bytes());
+        variable.extend_from_slice(id.as_bytes());
+        let mut packet = vec![0x10, u8::try_from(variable.len()).expect("short connect")];
+        packet.extend(variable);
+        packet
+    }
+}
