@@ -31,15 +31,27 @@ cargo test --workspace --no-fail-fast 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 set -e
 
+log "MQTT conformance suite (paho-mqtt, mosquitto clients, kcat) against the proxy binary"
+pyout=.local/pytest.log
+cargo build -q -p mqtt-kafka-proxy
+set +e
+python3 -m pytest -q -p no:cacheprovider e2e/mqtt 2>&1 | tee "$pyout"
+pyrc=${PIPESTATUS[0]}
+set -e
+
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -oE '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
 ignored=$(grep -oE '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}')
-log "summary after ${SECONDS}s"
-echo "${passed} passed, ${failed} failed, ${ignored} skipped"
+pypassed=$(tail -n 1 "$pyout" | grep -oE '[0-9]+ passed' | awk '{print $1+0}')
+pyfailed=$(tail -n 1 "$pyout" | grep -oE '[0-9]+ (failed|error)' | awk '{s+=$1} END {print s+0}')
+pyskipped=$(tail -n 1 "$pyout" | grep -oE '[0-9]+ skipped' | awk '{print $1+0}')
+log "summary after ${SECONDS}s: cargo ${passed}/${failed}/${ignored}, pytest ${pypassed:-0}/${pyfailed:-0}/${pyskipped:-0} (passed/failed/skipped)"
+echo "$((passed + ${pypassed:-0})) passed, $((failed + ${pyfailed:-0})) failed, $((ignored + ${pyskipped:-0})) skipped"
 if ((rc != 0)); then echo "cargo test failed (exit $rc)" >&2; exit "$rc"; fi
-if ((ignored != 0)); then
-  echo "$ignored test(s) were skipped (#[ignore]); every test must run against the live environment" >&2
+if ((pyrc != 0)); then echo "pytest failed (exit $pyrc)" >&2; exit "$pyrc"; fi
+if ((ignored + ${pyskipped:-0} != 0)); then
+  echo "tests were skipped; every test must run against the live environment" >&2
   grep -E '\.\.\. ignored' "$out" >&2 || true
   exit 1
 fi
-if ((passed == 0)); then echo "no test ran" >&2; exit 1; fi
+if ((passed == 0 || ${pypassed:-0} == 0)); then echo "no test ran" >&2; exit 1; fi

@@ -135,9 +135,13 @@ async fn refuse_undecodable_connect<S: AsyncRead + AsyncWrite + Unpin>(
     let version = transport.codec().version();
     match version {
         Some(_) => {
-            let reason = match error.to_reason_code() {
-                DisconnectReasonCode::PacketTooLarge => ConnectAckReason::PacketTooLarge,
-                DisconnectReasonCode::ProtocolError => ConnectAckReason::ProtocolError,
+            let reason = match error {
+                DecodeError::InvalidClientId => ConnectAckReason::ClientIdentifierNotValid,
+                DecodeError::UnsupportedProtocolLevel => ConnectAckReason::UnsupportedProtocolVersion,
+                DecodeError::MaxSizeExceeded { .. } => ConnectAckReason::PacketTooLarge,
+                other if other.to_reason_code() == DisconnectReasonCode::ProtocolError => {
+                    ConnectAckReason::ProtocolError
+                }
                 _ => ConnectAckReason::MalformedPacket,
             };
             let _ = transport
