@@ -8,7 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule, SubscribeProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule, SubscribeProperties};
 use support::{Client, RawPeer, TestProxy};
 
 const QUIET: Duration = Duration::from_millis(700);
@@ -160,7 +160,7 @@ async fn retained_messages_are_replayed_on_subscribe_per_retain_handling() {
         .await
         .expect("subscribe");
     sub.suback().await;
-    let mut got = vec![sub.next_publish().await, sub.next_publish().await];
+    let mut got = [sub.next_publish().await, sub.next_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(
         got.iter()
