@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run test lint crds
+.PHONY: help env-up env-down env-clean run test lint crds bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,3 +29,6 @@ lint: ## cargo fmt --check and clippy only
 
 crds: ## regenerate crds/ from the operator's types
 	cargo run -q -p mqtt-kafka-operator --bin crdgen > crds/mqttkafkaproxies.mqttkafka.io.yaml
+
+bench: ## proxy vs Mosquitto on loopback: throughput and latency, with the ratio
+	@bash e2e/bench/run.sh

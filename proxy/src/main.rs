@@ -69,6 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let options = StartOptions {
         create_topics: cli.create_topics,
         partitions: cli.partitions,
+        retry_kafka: true,
     };
     let server = server::start(config, options).await.context("starting the proxy")?;
     tracing::info!(mqtt = ?server.mqtt_addresses, admin = %server.admin_address, "mqtt-kafka-proxy running");

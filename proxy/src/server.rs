@@ -54,6 +54,9 @@ pub struct StartOptions {
     pub create_topics: bool,
     /// Partitions of topics created with `create_topics`.
     pub partitions: i32,
+    /// Keep retrying Kafka set-up while Kafka cannot be reached (the binary does; tests
+    /// want the error).
+    pub retry_kafka: bool,
 }
 
 /// A running proxy. Dropping it stops its tasks.
@@ -112,15 +115,36 @@ fn route_table(config: &Config) -> Result<RouteTable, RouteError> {
     RouteTable::new(config.topics.messages.clone(), routes)
 }
 
-/// Starts everything `config` describes; returns once the listeners accept connections.
-pub async fn start(config: Config, options: StartOptions) -> Result<Server, ServerError> {
-    config.validate()?;
+/// Whether retrying may fix the error (Kafka down or still starting), or a person must.
+impl ServerError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServerError::Admin(AdminError::SessionsNotCompacted { .. }) => false,
+            ServerError::Admin(_) | ServerError::Reader(_) | ServerError::Producer(_) | ServerError::Publish(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What the Kafka side of a process consists of once connected.
+struct KafkaSide {
+    hub: Arc<Hub>,
+    publisher: Arc<Publisher>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn connect_kafka(
+    config: &Config,
+    options: &StartOptions,
+    metrics: &Arc<Metrics>,
+    retained_loaded: &Arc<AtomicBool>,
+) -> Result<KafkaSide, ServerError> {
     let instance = config.effective_instance_id();
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
     let admin = kafka_admin::client(&bootstrap, &properties)?;
     if options.create_topics {
-        let specs = kafka_admin::topic_specs(&config, options.partitions.max(1), 1);
+        let specs = kafka_admin::topic_specs(config, options.partitions.max(1), 1);
         let created = kafka_admin::create_missing(&admin, &specs).await?;
         if !created.is_empty() {
             tracing::info!(?created, "created Kafka topics");
@@ -128,7 +152,6 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     }
     kafka_admin::check_sessions_compacted(&admin, &config.topics.sessions).await?;
 
-    let metrics = Arc::new(Metrics::new());
     let publisher = Arc::new(Publisher::new(
         &bootstrap,
         &properties,
@@ -136,10 +159,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         Duration::from_secs(30),
     )?);
     let hub = Arc::new(Hub::new(
-        route_table(&config)?,
+        route_table(config)?,
         IdentityPatterns::parse(&config.clients)?,
         Arc::clone(&publisher),
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
         1024,
     ));
     publisher.load_partitions(&hub.messages_topics()).await?;
@@ -149,7 +172,6 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     for topic in hub.messages_topics() {
         tasks.push(consumer::start_fanout(&bootstrap, &properties, &instance, &topic, Arc::clone(&sink)).await?);
     }
-    let retained_loaded = Arc::new(AtomicBool::new(false));
     tasks.push(
         consumer::start_retained_reader(
             &bootstrap,
@@ -157,16 +179,27 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
             &instance,
             &config.topics.retained,
             Arc::clone(&sink),
-            Arc::clone(&retained_loaded),
+            Arc::clone(retained_loaded),
         )
         .await?,
     );
-    let readiness = Arc::new(Readiness::new(retained_loaded));
-    tasks.push(admin::spawn_kafka_probe(
-        bootstrap.clone(),
-        properties.clone(),
+    Ok(KafkaSide { hub, publisher, tasks })
+}
+
+/// Starts everything `config` describes; returns once the listeners accept connections.
+/// The admin endpoint comes first: while Kafka cannot be reached it answers `/readyz` with
+/// what is missing, and (with `StartOptions::retry_kafka`) set-up is retried until it works.
+pub async fn start(config: Config, options: StartOptions) -> Result<Server, ServerError> {
+    config.validate()?;
+    let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
+    let metrics = Arc::new(Metrics::new());
+    let retained_loaded = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(Readiness::new(Arc::clone(&retained_loaded)));
+    let mut tasks = vec![admin::spawn_kafka_probe(
+        config.kafka.bootstrap_servers.clone(),
+        properties,
         Arc::clone(&readiness),
-    ));
+    )];
 
     let admin_address = config.admin.socket_addr()?;
     let (admin_listener, admin_address) =
@@ -182,6 +215,30 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         Arc::clone(&metrics),
         Arc::clone(&readiness),
     )));
+
+    let mut backoff = Duration::from_millis(500);
+    let kafka = loop {
+        match connect_kafka(&config, &options, &metrics, &retained_loaded).await {
+            Ok(kafka) => break kafka,
+            Err(error) if options.retry_kafka && error.is_transient() => {
+                tracing::warn!(%error, retry_in = ?backoff, "Kafka set-up failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => {
+                for task in &tasks {
+                    task.abort();
+                }
+                return Err(error);
+            }
+        }
+    };
+    let KafkaSide {
+        hub,
+        publisher,
+        tasks: kafka_tasks,
+    } = kafka;
+    tasks.extend(kafka_tasks);
 
     let limits = Arc::new(Limits::from_config(&config));
     let connections = Arc::new(AtomicUsize::new(0));

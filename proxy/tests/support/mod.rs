@@ -57,6 +57,7 @@ impl TestProxy {
         let options = StartOptions {
             create_topics: true,
             partitions: PARTITIONS,
+            retry_kafka: false,
         };
         let server = server::start(config.clone(), options).await.expect("proxy starts");
         let proxy = Self { server, config };

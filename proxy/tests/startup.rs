@@ -1,0 +1,91 @@
+//! Start-up behaviour of the binary and the server: config checking, and an unreachable
+//! Kafka answered with readiness false and retried set-up, never a crash.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mqtt_kafka_proxy::config::{Config, Kafka};
+use mqtt_kafka_proxy::server::{self, StartOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PROXY: &str = env!("CARGO_BIN_EXE_mqtt-kafka-proxy");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn write_config(text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "mqtt-kafka-startup-{}-{}.yaml",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn check_prints_the_config_with_defaults_and_refuses_a_bad_one_naming_the_key() {
+    let good = write_config("kafka: {bootstrapServers: \"k:9092\"}\nmqtt: {receiveMaximum: 10}\n");
+    let out = Command::new(PROXY)
+        .arg("--config")
+        .arg(&good)
+        .arg("--check")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("receiveMaximum: 10") && printed.contains("maximumPacketSize:"),
+        "{printed}"
+    );
+
+    let bad = write_config("kafka: {bootstrapServers: \"k:9092\"}\nmqtt: {receiveMaximum: 0, bogus: 1}\n");
+    let out = Command::new(PROXY)
+        .arg("--config")
+        .arg(&bad)
+        .arg("--check")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mqtt.bogus"), "unknown key named by path: {stderr}");
+}
+
+#[tokio::test]
+async fn an_unreachable_kafka_gives_readiness_false_and_set_up_is_retried() {
+    // Nothing listens on this port: Kafka is "down".
+    let kafka_port = free_port();
+    let admin_port = free_port();
+    let mut config = Config::new(Kafka::new(format!("127.0.0.1:{kafka_port}")));
+    config.admin.address = format!("127.0.0.1:{admin_port}");
+    config.listeners[0].address = "127.0.0.1:0".into();
+    let options = StartOptions {
+        create_topics: true,
+        partitions: 1,
+        retry_kafka: true,
+    };
+    let starting = tokio::spawn(server::start(config, options));
+
+    let mut answer = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await else {
+            continue;
+        };
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        answer.clear();
+        s.read_to_string(&mut answer).await.expect("read");
+        break;
+    }
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("Kafka is not reachable"), "{answer}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!starting.is_finished(), "set-up keeps retrying instead of failing");
+    starting.abort();
+}
