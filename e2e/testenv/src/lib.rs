@@ -112,6 +112,9 @@ pub async fn kafka() -> Result<String, EnvError> {
 
 /// A client for the environment's apiserver, after checking that it answers.
 pub async fn kube() -> Result<kube::Client, EnvError> {
+    // kube uses rustls; name the crypto provider so a dependency that enables a second one
+    // (aws-lc) cannot leave rustls unable to choose at run time.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let kubeconfig = TestEnv::load()?.kubeconfig;
     let down = |reason: String| EnvError::ApiserverDown {
         kubeconfig: kubeconfig.clone(),
