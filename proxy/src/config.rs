@@ -1257,30 +1257,7 @@ pub fn validate_kafka_topic_name(name: &str) -> Result<(), String> {
 /// Checks an MQTT topic filter: non-empty, at most 65535 bytes, no NUL, `+` and `#` only as
 /// whole levels and `#` only last.
 pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("topic filter must not be empty".to_owned());
-    }
-    if filter.len() > usize::from(u16::MAX) {
-        return Err(format!(
-            "topic filter is {} bytes long, at most 65535 are allowed",
-            filter.len()
-        ));
-    }
-    if filter.contains('\0') {
-        return Err(format!("topic filter {filter:?} contains a NUL character"));
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(format!(
-                "invalid topic filter {filter:?}: '#' must be a whole last level"
-            ));
-        }
-        if level.contains('+') && *level != "+" {
-            return Err(format!("invalid topic filter {filter:?}: '+' must be a whole level"));
-        }
-    }
-    Ok(())
+    crate::broker::topic::validate_topic_filter(filter).map_err(|e| format!("invalid topic filter {filter:?}: {e}"))
 }
 
 fn validate_jwt(jwt: &JwtGuard, v: &mut Validator) {
@@ -1691,7 +1668,7 @@ mod tests {
         route_empty_topic_filter: with("routes: [{when: [{publish: [{topic: ''}]}], with: {messages: m}}]\n")
             => "routes[0].when[0].publish[0].topic", "must not be empty";
         route_bad_topic_filter: with("routes: [{when: [{publish: [{topic: 'a/b+'}]}], with: {messages: m}}]\n")
-            => "routes[0].when[0].publish[0].topic", "'+' must be a whole level";
+            => "routes[0].when[0].publish[0].topic", "wildcard '+' must occupy a whole topic level";
         route_without_effect: with("routes: [{when: [{publish: [{topic: a}]}]}]\n")
             => "routes[0]", "needs `with`, `guarded` or both";
         route_bad_messages_topic: with("routes: [{when: [{publish: [{topic: a}]}], with: {messages: 'a b'}}]\n")

@@ -55,7 +55,7 @@ pub enum RouteError {
     InvalidKafkaTopic {
         field: String,
         name: String,
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -194,28 +194,11 @@ fn compile(index: usize, route: Route) -> Result<CompiledRoute, RouteError> {
 
 /// Kafka's own rules for topic names, so a typo fails at start-up, not at the first PUBLISH.
 fn check_kafka_topic(field: &str, name: &str) -> Result<(), RouteError> {
-    let reason = if name.is_empty() {
-        Some("it is empty")
-    } else if name == "." || name == ".." {
-        Some("'.' and '..' are not allowed")
-    } else if name.len() > 249 {
-        Some("it is longer than 249 characters")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        Some("only ASCII letters, digits, '.', '_' and '-' are allowed")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(RouteError::InvalidKafkaTopic {
-            field: field.to_owned(),
-            name: name.to_owned(),
-            reason,
-        }),
-        None => Ok(()),
-    }
+    crate::config::validate_kafka_topic_name(name).map_err(|reason| RouteError::InvalidKafkaTopic {
+        field: field.to_owned(),
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 #[cfg(test)]
