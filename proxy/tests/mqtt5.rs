@@ -344,3 +344,36 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(proxy.metric("mqtt_kafka_connections").await, Some(1.0));
     assert_eq!(proxy.metric("mqtt_kafka_published_total{qos=\"1\"}").await, Some(1.0));
 }
+
+#[tokio::test]
+async fn outbound_deliveries_respect_the_clients_receive_maximum() {
+    let proxy = TestProxy::start().await;
+    let mut slow = Client::connect_with(&proxy, "slow", |o| {
+        o.set_receive_maximum(Some(2));
+        o.set_manual_acks(true);
+    })
+    .await;
+    slow.client
+        .subscribe("win/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    slow.suback().await;
+    let publisher = Client::connect(&proxy, "win-pub").await;
+    // One topic, so one Kafka partition and a defined order.
+    for i in 0..5 {
+        publisher
+            .client
+            .publish("win/t", QoS::AtLeastOnce, false, format!("{i}"))
+            .await
+            .expect("publish");
+    }
+    let first = slow.next_publish().await;
+    let second = slow.next_publish().await;
+    slow.expect_no_publish(Duration::from_millis(800)).await;
+    // Each PUBACK opens the window for one more, in order.
+    slow.client.ack(&first).await.expect("ack");
+    assert_eq!(&slow.next_publish().await.payload[..], b"2");
+    slow.expect_no_publish(Duration::from_millis(500)).await;
+    slow.client.ack(&second).await.expect("ack");
+    assert_eq!(&slow.next_publish().await.payload[..], b"3");
+}
