@@ -107,6 +107,38 @@ fn decode(record: &BorrowedMessage<'_>) -> Result<Message, RecordError> {
     message_from_record(record.key(), record.payload(), timestamp, pairs)
 }
 
+/// A consumer of `topic` in group `group` (never committed), with every partition assigned
+/// at the offset `start` picks from the partition's high watermark; returns the watermarks.
+async fn assigned_consumer(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    group: &str,
+    topic: &str,
+    start: impl Fn(i64) -> Offset,
+) -> Result<(StreamConsumer, Vec<(i32, i64)>), ReaderError> {
+    let kafka = |source| ReaderError::Kafka {
+        topic: topic.to_owned(),
+        source,
+    };
+    let consumer: StreamConsumer = consumer_config(bootstrap, properties, group).create().map_err(kafka)?;
+    let name = topic.to_owned();
+    let (consumer, ends) = tokio::task::spawn_blocking(move || {
+        let ends = high_watermarks(&consumer, &name, Duration::from_secs(10));
+        (consumer, ends)
+    })
+    .await
+    .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
+    let ends = ends?;
+    let mut assignment = TopicPartitionList::new();
+    for (partition, end) in &ends {
+        assignment
+            .add_partition_offset(topic, *partition, start(*end))
+            .map_err(kafka)?;
+    }
+    consumer.assign(&assignment).map_err(kafka)?;
+    Ok((consumer, ends))
+}
+
 /// Starts the fan-out reader of messages topic `topic`: positions are fixed at the current
 /// end of every partition before this returns, so anything produced afterwards is seen.
 pub async fn start_fanout(
@@ -116,31 +148,8 @@ pub async fn start_fanout(
     topic: &str,
     sink: Arc<dyn RecordSink>,
 ) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
-    let config = consumer_config(bootstrap, properties, &format!("mqtt-kafka-fanout-{instance}"));
-    let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
-        topic: topic.to_owned(),
-        source,
-    })?;
-    let name = topic.to_owned();
-    let (consumer, ends) = tokio::task::spawn_blocking(move || {
-        let ends = high_watermarks(&consumer, &name, Duration::from_secs(10));
-        (consumer, ends)
-    })
-    .await
-    .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, end) in ends? {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(end))
-            .map_err(|source| ReaderError::Kafka {
-                topic: topic.to_owned(),
-                source,
-            })?;
-    }
-    consumer.assign(&assignment).map_err(|source| ReaderError::Kafka {
-        topic: topic.to_owned(),
-        source,
-    })?;
+    let group = format!("mqtt-kafka-fanout-{instance}");
+    let (consumer, _) = assigned_consumer(bootstrap, properties, &group, topic, Offset::Offset).await?;
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
         loop {
@@ -169,32 +178,8 @@ pub async fn start_retained_reader(
     sink: Arc<dyn RecordSink>,
     loaded: Arc<AtomicBool>,
 ) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
-    let config = consumer_config(bootstrap, properties, &format!("mqtt-kafka-retained-{instance}"));
-    let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
-        topic: topic.to_owned(),
-        source,
-    })?;
-    let name = topic.to_owned();
-    let (consumer, ends) = tokio::task::spawn_blocking(move || {
-        let ends = high_watermarks(&consumer, &name, Duration::from_secs(10));
-        (consumer, ends)
-    })
-    .await
-    .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
-    let ends = ends?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, _) in &ends {
-        assignment
-            .add_partition_offset(topic, *partition, Offset::Beginning)
-            .map_err(|source| ReaderError::Kafka {
-                topic: topic.to_owned(),
-                source,
-            })?;
-    }
-    consumer.assign(&assignment).map_err(|source| ReaderError::Kafka {
-        topic: topic.to_owned(),
-        source,
-    })?;
+    let group = format!("mqtt-kafka-retained-{instance}");
+    let (consumer, ends) = assigned_consumer(bootstrap, properties, &group, topic, |_| Offset::Beginning).await?;
     // Partitions still to be read up to their start-up end. Compaction leaves gaps, so
     // progress is the consumer's position, not the offset of the last record seen.
     let mut pending: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();

@@ -17,7 +17,7 @@ use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{
     ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet, PublishAck, PublishAck2, PublishAck2Reason,
     PublishAckReason, PublishProperties, RetainHandling, Subscribe, SubscribeAck, SubscribeAckReason, ToReasonCode,
-    Unsubscribe, UnsubscribeAck, UnsubscribeAckReason,
+    Unsubscribe, UnsubscribeAck, UnsubscribeAckReason, UserProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -377,18 +377,14 @@ impl Connection {
             qos,
             retain: publish.retain,
             publisher: Some(self.client_id.clone()),
-            properties: MessageProperties {
-                expiry_secs: properties.message_expiry_interval.map(NonZeroU32::get),
-                content_type: properties.content_type.map(|s| s.to_string()),
-                payload_utf8: properties.is_utf8_payload,
-                response_topic: properties.response_topic.map(|s| s.to_string()),
-                correlation_data: properties.correlation_data,
-                user_properties: properties
-                    .user_properties
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
+            properties: message_properties(
+                properties.message_expiry_interval,
+                properties.content_type,
+                properties.is_utf8_payload,
+                properties.response_topic,
+                properties.correlation_data,
+                properties.user_properties,
+            ),
             timestamp_ms: now_ms(),
         };
         let delivery = self.hub.publish(message);
@@ -638,18 +634,14 @@ impl Connection {
             qos: will.qos.value(),
             retain: will.retain,
             publisher: Some(self.client_id.clone()),
-            properties: MessageProperties {
-                expiry_secs: will.message_expiry_interval.map(NonZeroU32::get),
-                content_type: will.content_type.map(|s| s.to_string()),
-                payload_utf8: will.is_utf8_payload == Some(true),
-                response_topic: will.response_topic.map(|s| s.to_string()),
-                correlation_data: will.correlation_data,
-                user_properties: will
-                    .user_properties
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            },
+            properties: message_properties(
+                will.message_expiry_interval,
+                will.content_type,
+                will.is_utf8_payload == Some(true),
+                will.response_topic,
+                will.correlation_data,
+                will.user_properties,
+            ),
             timestamp_ms: now_ms(),
         };
         let delivery = self.hub.publish(message);
@@ -659,6 +651,28 @@ impl Connection {
                 tracing::warn!(%client_id, %error, "will message not stored in Kafka");
             }
         });
+    }
+}
+
+/// The broker's form of the MQTT 5 properties a PUBLISH or a will carries.
+fn message_properties(
+    expiry: Option<NonZeroU32>,
+    content_type: Option<ByteString>,
+    payload_utf8: bool,
+    response_topic: Option<ByteString>,
+    correlation_data: Option<bytes::Bytes>,
+    user_properties: UserProperties,
+) -> MessageProperties {
+    MessageProperties {
+        expiry_secs: expiry.map(NonZeroU32::get),
+        content_type: content_type.map(|s| s.to_string()),
+        payload_utf8,
+        response_topic: response_topic.map(|s| s.to_string()),
+        correlation_data,
+        user_properties: user_properties
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
