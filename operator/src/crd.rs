@@ -1,18 +1,51 @@
-//! The `MqttKafkaProxy` custom resource (`mqttkafka.io/v1alpha1`).
+//! The `MqttKafkaProxy` custom resource (`mqttkafka.io/v1alpha1`, DESIGN section 5).
+//!
+//! The spec reuses the proxy's own configuration types where the proxy option and the
+//! resource field mean the same thing (`mqtt`, `publish`, `routes`, `cluster.redirect`,
+//! JWKs), so the two cannot drift apart. What only makes sense on Kubernetes (ports instead
+//! of bind addresses, Secrets instead of file paths, Services, pod overrides) has its own
+//! types here and is translated in `resources::configmap`.
+//!
+//! Validation happens in three places, each for what it can see:
+//! - the OpenAPI schema (types, ranges, enums, required keys; `listeners` is a map list
+//!   keyed by name, so duplicate names are refused);
+//! - CEL rules (`x-kubernetes-validations`) for rules that relate fields to each other
+//!   (redirect needs MQTT 5.0, a TLS listener needs a Secret, ...): refused at admission
+//!   with a message that names the field;
+//! - `Config::validate` of the proxy, run by the reconciler, for what neither can express
+//!   (topic filter syntax, ...): reported in status as `Degraded` / `InvalidSpec`.
 
-use kube::CustomResource;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use mqtt_kafka_proxy::config::{Jwk, Mqtt, Publish, Redirect, Route};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// API group of the resource.
+pub const GROUP: &str = "mqttkafka.io";
+/// Image used when `spec.image` is not set: the proxy of the same release as the operator.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/mqtt-kafka/mqtt-kafka-proxy:", env!("CARGO_PKG_VERSION"));
+/// Port of the proxy's `/healthz`, `/readyz` and `/metrics` (its `admin.address`).
+pub const ADMIN_PORT: u16 = 9090;
+
 /// Desired state of one sharded MQTT proxy deployment on Kafka.
-#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[kube(
     group = "mqttkafka.io",
     version = "v1alpha1",
     kind = "MqttKafkaProxy",
     namespaced,
     shortname = "mkp",
+    category = "mqtt-kafka",
     status = "MqttKafkaProxyStatus",
+    derive = "PartialEq",
+    doc = "A sharded MQTT 3.1.1 / 5.0 broker whose messages, retained messages and sessions live in Kafka.",
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -21,65 +54,746 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Topics","type":"string","jsonPath":".status.conditions[?(@.type==\"TopicsReady\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new(
+    "!self.cluster.redirect.enabled || self.mqtt.versions.exists(v, v == '5.0')"
+).message(
+    "cluster.redirect.enabled needs \"5.0\" in mqtt.versions: only MQTT 5 clients can follow a redirect"
+).field_path(".cluster.redirect.enabled"))]
+#[x_kube(validation = Rule::new(
+    "!self.cluster.redirect.enabled || has(self.cluster.serverReference)"
+).message(
+    "cluster.redirect.enabled needs cluster.serverReference, the host:port template clients are redirected to"
+).field_path(".cluster.redirect.enabled"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.perPodServices) || !self.perPodServices.enabled || has(self.cluster.serverReference)"
+).message(
+    "perPodServices.enabled needs cluster.serverReference: the external host:port template \
+     (with {instance}) at which the per-pod Services are reachable"
+).field_path(".perPodServices.enabled"))]
 #[serde(rename_all = "camelCase")]
 pub struct MqttKafkaProxySpec {
-    /// Number of proxy pods.
+    /// Number of proxy pods. `kubectl scale mkp/NAME --replicas=N` and HPAs change it.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
     pub replicas: i32,
-    /// Container image of the proxy.
+    /// Container image of the proxy; default: the proxy of the operator's release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Image pull policy of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
     /// The Kafka cluster that stores messages, retained messages and sessions.
     pub kafka: KafkaSpec,
+    /// MQTT listeners. Default: one `tcp` listener named `mqtt` on port 1883.
+    #[serde(default = "default_listeners")]
+    #[schemars(length(min = 1, max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self.all(l, self.filter(m, m.port == l.port).size() == 1)")
+        .message("listeners[].port must be unique"))]
+    pub listeners: Vec<ListenerSpec>,
+    /// Server reference template and redirect-based sharding (DESIGN section 4).
+    #[serde(default)]
+    pub cluster: ClusterSpec,
+    /// Patterns such as `place/{identity}/#`: the `{identity}` captured by the first pattern
+    /// that matches a topic is the key its messages are partitioned by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub clients: Vec<String>,
+    /// Publish limits (`qosMax`).
+    #[serde(default)]
+    pub publish: Publish,
+    /// MQTT protocol versions and limits, advertised in CONNACK and enforced.
+    #[serde(default)]
+    #[schemars(transform = bound_mqtt_versions)]
+    pub mqtt: Mqtt,
+    /// Routes: topic filters mapped to other messages topics and/or guarded by roles. The
+    /// first route whose `when` matches applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub routes: Vec<Route>,
+    /// Authorization guards that routes refer to by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AuthorizationSpec>,
+    /// Overrides of the proxy pods.
+    #[serde(default)]
+    pub pod: PodOverrides,
+    /// The client Service every device connects to first.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// One Service per pod, so that server references can point at externally reachable
+    /// addresses (load balancers, node ports) when clients live outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_pod_services: Option<PerPodServicesSpec>,
+    /// The PodDisruptionBudget of the proxy pods.
+    #[serde(default)]
+    pub pod_disruption_budget: PodDisruptionBudgetSpec,
+}
+
+/// Bounds `mqtt.versions` (the proxy's type cannot say so itself): CEL rules that look into
+/// a list are priced by its largest possible size, and an unbounded list prices the
+/// redirect rule out of the apiserver's budget.
+fn bound_mqtt_versions(schema: &mut schemars::Schema) {
+    if let Some(versions) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("versions"))
+        .and_then(|v| v.as_object_mut())
+    {
+        versions.insert("maxItems".into(), 2.into());
+    }
 }
 
 fn default_replicas() -> i32 {
     1
 }
 
-/// How to reach Kafka.
+fn default_listeners() -> Vec<ListenerSpec> {
+    vec![ListenerSpec {
+        name: "mqtt".into(),
+        protocol: ListenerProtocol::Tcp,
+        port: 1883,
+        path: None,
+        tls: None,
+    }]
+}
+
+/// Image pull policy.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// How to reach Kafka, and the topics to keep there.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Comma-separated `host:port` list.
+    #[schemars(length(min = 1))]
     pub bootstrap_servers: String,
+    /// TLS to Kafka. Absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication to Kafka, the password read from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+    /// Extra librdkafka properties (not secrets) for the proxy and the operator's admin
+    /// client. Properties the proxy sets itself (`acks`, `enable.idempotence`, ...) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// The three topics of DESIGN section 2 and how the operator manages them.
+    #[serde(default)]
+    pub topics: TopicsSpec,
+}
+
+/// TLS to Kafka: `security.protocol` SSL (or SASL_SSL with `sasl`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTlsSpec {
+    /// PEM CA bundle that signed the brokers' certificates; absent: the system CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<SecretKeyRef>,
+    /// A `kubernetes.io/tls` Secret (`tls.crt`, `tls.key`) for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub client_secret_name: Option<String>,
+}
+
+/// SASL to Kafka.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSaslSpec {
+    /// SASL mechanism.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    #[schemars(length(min = 1))]
+    pub username: String,
+    /// Secret key holding the password.
+    pub password_secret: SecretKeyRef,
+}
+
+/// SASL mechanisms with a user name and password.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka `sasl.mechanism` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// One key of a Secret in the resource's namespace.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The sessions, retained and messages topics.
+#[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "self.sessions.name != self.retained.name && self.sessions.name != self.messages.name && self.retained.name != self.messages.name"
+).message("the sessions, retained and messages topics must have different names").field_path(".sessions.name"))]
+#[serde(rename_all = "camelCase")]
+pub struct TopicsSpec {
+    /// Session state, keyed by client id; always `cleanup.policy=compact`. Its partition
+    /// count is the number of shards sessions are spread over, and is never changed by the
+    /// operator once the topic exists (that would move sessions to other partitions).
+    #[serde(default = "TopicSpec::default_sessions")]
+    #[x_kube(validation = Rule::new(
+        "!has(self.config) || !('cleanup.policy' in self.config) || self.config['cleanup.policy'] == 'compact'"
+    ).message("the sessions topic must have cleanup.policy=compact: deleting old records would lose sessions"))]
+    pub sessions: TopicSpec,
+    /// Retained messages, keyed by MQTT topic; `cleanup.policy=compact`.
+    #[serde(default = "TopicSpec::default_retained")]
+    #[x_kube(validation = Rule::new(
+        "!has(self.config) || !('cleanup.policy' in self.config) || self.config['cleanup.policy'].contains('compact')"
+    ).message("the retained topic must be compacted: cleanup.policy=compact (or compact,delete)"))]
+    pub retained: TopicSpec,
+    /// Published messages (and the default of routes' `with.messages` topics, which get the
+    /// same partitions, replication factor and config).
+    #[serde(default = "TopicSpec::default_messages")]
+    pub messages: TopicSpec,
+    /// What the operator does when a topic's config differs from the spec: `Converge`
+    /// (alter it back) or `Report` (only report it as Degraded).
+    #[serde(default)]
+    pub config_policy: TopicConfigPolicy,
+    /// What happens to the topics when the resource is deleted: `Retain` (default) or
+    /// `Delete` (the operator deletes them, through a finalizer).
+    #[serde(default)]
+    pub delete_policy: TopicDeletePolicy,
+}
+
+impl Default for TopicsSpec {
+    fn default() -> Self {
+        TopicsSpec {
+            sessions: TopicSpec::default_sessions(),
+            retained: TopicSpec::default_retained(),
+            messages: TopicSpec::default_messages(),
+            config_policy: TopicConfigPolicy::default(),
+            delete_policy: TopicDeletePolicy::default(),
+        }
+    }
+}
+
+/// One Kafka topic.
+#[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    /// Topic name.
+    #[schemars(length(min = 1, max = 249), pattern(r"^[a-zA-Z0-9._-]+$"))]
+    #[x_kube(validation = Rule::new("self != '.' && self != '..'").message("'.' and '..' are not Kafka topic names"))]
+    pub name: String,
+    /// Partitions when created; the operator adds partitions to messages topics when this
+    /// grows, and never removes any.
+    #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+    /// Replication factor when created; -1 = the broker's `default.replication.factor`.
+    #[serde(default = "default_replication_factor")]
+    #[x_kube(validation = Rule::new("self == -1 || (self >= 1 && self <= 32)").message("must be -1 (broker default) or 1..32"))]
+    pub replication_factor: i32,
+    /// Topic configs (`retention.ms`, `min.insync.replicas`, ...), kept converged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_partitions() -> i32 {
+    12
+}
+
+fn default_replication_factor() -> i32 {
+    -1
+}
+
+impl TopicSpec {
+    /// A topic with the default partitions and replication factor and no extra config.
+    pub fn named(name: &str) -> Self {
+        TopicSpec {
+            name: name.to_owned(),
+            partitions: default_partitions(),
+            replication_factor: default_replication_factor(),
+            config: BTreeMap::new(),
+        }
+    }
+
+    fn default_sessions() -> Self {
+        TopicSpec::named("mqtt-sessions")
+    }
+
+    fn default_retained() -> Self {
+        TopicSpec::named("mqtt-retained")
+    }
+
+    fn default_messages() -> Self {
+        TopicSpec::named("mqtt-messages")
+    }
+}
+
+/// See [`TopicsSpec::config_policy`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TopicConfigPolicy {
+    /// Alter drifted configs back to the spec.
+    #[default]
+    Converge,
+    /// Leave drifted configs alone and report them.
+    Report,
+}
+
+/// See [`TopicsSpec::delete_policy`].
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TopicDeletePolicy {
+    /// Keep the topics (and so every message and session) when the resource is deleted.
+    #[default]
+    Retain,
+    /// Delete the topics with the resource.
+    Delete,
+}
+
+/// An MQTT listener of every pod.
+#[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("self.protocol != 'tls' || has(self.tls)")
+    .message("a tls listener needs tls.secretName, a kubernetes.io/tls Secret with its certificate and key")
+    .field_path(".tls"))]
+#[x_kube(validation = Rule::new("!has(self.tls) || self.protocol == 'tls'")
+    .message("tls is only allowed on a listener with protocol tls")
+    .field_path(".tls"))]
+#[x_kube(validation = Rule::new("!has(self.path) || self.protocol == 'websocket'")
+    .message("path is only allowed on a listener with protocol websocket")
+    .field_path(".path"))]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// Unique name, also the port name of the pods and Services.
+    #[schemars(length(min = 1, max = 15), pattern(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub name: String,
+    /// `tcp`, `tls` (needs `tls`) or `websocket`.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Port of the pods and of the Services.
+    #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 9090").message("port 9090 is the proxy's health and metrics port"))]
+    pub port: i32,
+    /// HTTP path of a `websocket` listener; default `/mqtt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^/\S*$"))]
+    pub path: Option<String>,
+    /// Certificate of a `tls` listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// MQTT over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket (sub-protocol `mqtt`).
+    Websocket,
+}
+
+/// Certificate of a TLS listener.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTlsSpec {
+    /// A `kubernetes.io/tls` Secret (`tls.crt`: PEM chain, leaf first; `tls.key`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// Session ownership and redirects.
+#[derive(Clone, Debug, Default, KubeSchema, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSpec {
+    /// `host:port` template clients can reach a pod at; `{instance}` is the pod name, e.g.
+    /// `{instance}.mqtt.example.com:1883`. Default:
+    /// `{instance}.<name>-headless.<namespace>.svc:<first listener port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.contains('{instance}')").message("must contain {instance}, the pod name"))]
+    #[x_kube(validation = Rule::new("self.matches('^[^\\\\s:/]+:[0-9]{1,5}$')").message("must be host:port"))]
+    pub server_reference: Option<String>,
+    /// Redirect MQTT 5 clients to the pod that owns their session.
+    #[serde(default)]
+    pub redirect: Redirect,
+}
+
+/// Authorization guards.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationSpec {
+    /// JWT guard (`guarded: {jwt: [roles]}` in routes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// JWT guard: verification keys inline or from a Secret holding a JWKS document.
+#[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("(has(self.keys) && size(self.keys) > 0) != has(self.jwksSecret)")
+    .message("set exactly one of keys and jwksSecret"))]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Required `iss` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Required `aud` claim value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Claim holding the roles; default `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
+    /// Public verification keys (JWKs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<Jwk>,
+    /// A Secret key holding a JWKS document (`{"keys": [...]}`), instead of `keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_secret: Option<SecretKeyRef>,
+}
+
+/// Overrides of the proxy pods.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra pod labels (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Resources of the proxy container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Affinity; default: prefer spreading the pods over nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Tolerations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node selector.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Topology spread constraints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Priority class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secrets to pull the image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Extra environment variables of the proxy container (e.g. `RUST_LOG`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Seconds a terminating pod has to hand its sessions over; default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+/// Type of a Service.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The client Service.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type; default ClusterIP.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations (load balancer settings, external-dns, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `loadBalancerClass` of a LoadBalancer Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+    /// `externalTrafficPolicy` (`Cluster` or `Local`) of NodePort / LoadBalancer Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `externalTrafficPolicy` of a Service.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+/// One Service per pod (`<name>-<ordinal>`, selecting that pod only).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PerPodServicesSpec {
+    /// Create them.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Service type; default LoadBalancer.
+    #[serde(default = "default_per_pod_type", rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations; `{instance}` in a value is replaced by the pod name (e.g.
+    /// `external-dns.alpha.kubernetes.io/hostname: "{instance}.mqtt.example.com"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// `externalTrafficPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+}
+
+fn default_per_pod_type() -> ServiceType {
+    ServiceType::LoadBalancer
+}
+
+/// PodDisruptionBudget of the proxy pods.
+#[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq)]
+#[x_kube(validation = Rule::new("!(has(self.minAvailable) && has(self.maxUnavailable))")
+    .message("set at most one of minAvailable and maxUnavailable"))]
+#[serde(rename_all = "camelCase")]
+pub struct PodDisruptionBudgetSpec {
+    /// Create it; default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Pods that may be down at once (number or percentage); default 1 when neither this nor
+    /// `minAvailable` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// Pods that must stay up (number or percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+}
+
+impl Default for PodDisruptionBudgetSpec {
+    fn default() -> Self {
+        PodDisruptionBudgetSpec {
+            enabled: true,
+            max_unavailable: None,
+            min_available: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Observed state.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MqttKafkaProxyStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Pods that exist (the StatefulSet's `status.replicas`); the scale subresource reads it.
     #[serde(default)]
     pub replicas: i32,
+    /// Pods that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
     /// Label selector of the pods, for the scale subresource (HPA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// The server reference of each pod, as the pods derive it from the template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_references: Vec<PodServerReference>,
+    /// The Kafka topics and whether each is as the spec asks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<TopicStatus>,
+    /// `Ready`, `TopicsReady`, `Progressing`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The server reference of one pod.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodServerReference {
+    /// Pod name (the proxy's instance id).
+    pub pod: String,
+    /// `host:port` clients are redirected to for sessions this pod owns.
+    pub server_reference: String,
+}
+
+/// One Kafka topic as observed.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// `sessions`, `retained` or `messages`.
+    pub role: String,
+    /// Partitions the topic has (0 when it does not exist or could not be read).
+    pub partitions: i32,
+    /// Whether the topic exists with the partitions and config of the spec.
+    pub ready: bool,
+    /// What is wrong with it, when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl MqttKafkaProxySpec {
+    /// The image to run.
+    pub fn image(&self) -> &str {
+        self.image.as_deref().unwrap_or(DEFAULT_IMAGE)
+    }
+
+    /// Whether per-pod Services are enabled.
+    pub fn per_pod_services_enabled(&self) -> bool {
+        self.per_pod_services.as_ref().is_some_and(|p| p.enabled)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kube::CustomResourceExt;
+    use serde_json::{Value, json};
+
+    fn crd_json() -> Value {
+        serde_json::to_value(MqttKafkaProxy::crd()).expect("crd json")
+    }
+
+    fn spec_schema() -> Value {
+        crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    fn rules(schema: &Value) -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 
     #[test]
     fn crd_has_the_names_and_subresources_users_rely_on() {
         let crd = MqttKafkaProxy::crd();
-        assert_eq!(crd.spec.group, "mqttkafka.io");
+        assert_eq!(crd.spec.group, GROUP);
         assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["mkp".to_owned()][..]));
         assert_eq!(crd.spec.scope, "Namespaced");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         let sub = version.subresources.as_ref().expect("subresources");
         assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
+        let columns: Vec<&str> = version
+            .additional_printer_columns
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Replicas", "Ready", "Topics", "Status", "Age"]);
+    }
+
+    #[test]
+    fn cross_field_rules_are_cel_validations_naming_the_field() {
+        let spec = spec_schema();
+        let spec_rules = rules(&spec);
+        assert!(spec_rules.iter().any(|r| r.contains("'5.0'")), "{spec_rules:?}");
+        let paths: Vec<&str> = spec["x-kubernetes-validations"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter_map(|r| r["fieldPath"].as_str())
+            .collect();
+        assert!(paths.contains(&".cluster.redirect.enabled"), "{paths:?}");
+        let listener = &spec["properties"]["listeners"]["items"];
+        assert!(rules(listener).iter().any(|r| r.contains("has(self.tls)")));
+        assert_eq!(spec["properties"]["listeners"]["x-kubernetes-list-type"], json!("map"));
         assert_eq!(
-            sub.scale.as_ref().map(|s| s.spec_replicas_path.as_str()),
-            Some(".spec.replicas")
+            spec["properties"]["listeners"]["x-kubernetes-list-map-keys"],
+            json!(["name"])
         );
+        let sessions = &spec["properties"]["kafka"]["properties"]["topics"]["properties"]["sessions"];
+        assert!(rules(sessions).iter().any(|r| r.contains("cleanup.policy")));
+    }
+
+    #[test]
+    fn defaults_are_in_the_schema_so_the_apiserver_fills_them() {
+        let spec = spec_schema();
+        assert_eq!(spec["properties"]["replicas"]["default"], json!(1));
+        assert_eq!(spec["properties"]["replicas"]["minimum"].as_f64(), Some(0.0));
+        assert_eq!(
+            spec["properties"]["listeners"]["default"],
+            json!([{"name": "mqtt", "protocol": "tcp", "port": 1883}])
+        );
+    }
+
+    #[test]
+    fn a_minimal_spec_reads_with_every_default() {
+        let proxy: MqttKafkaProxy = serde_json::from_value(json!({
+            "apiVersion": "mqttkafka.io/v1alpha1",
+            "kind": "MqttKafkaProxy",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"kafka": {"bootstrapServers": "k:9092"}}
+        }))
+        .expect("minimal spec");
+        assert_eq!(proxy.spec.replicas, 1);
+        assert_eq!(proxy.spec.image(), DEFAULT_IMAGE);
+        assert_eq!(proxy.spec.listeners, default_listeners());
+        assert_eq!(proxy.spec.kafka.topics.sessions.name, "mqtt-sessions");
+        assert_eq!(proxy.spec.kafka.topics.sessions.partitions, 12);
+        assert_eq!(proxy.spec.kafka.topics.delete_policy, TopicDeletePolicy::Retain);
+        assert!(proxy.spec.pod_disruption_budget.enabled);
+        assert!(!proxy.spec.per_pod_services_enabled());
     }
 }
