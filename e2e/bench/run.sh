@@ -13,26 +13,28 @@ PROXY_PORT="${PROXY_PORT:-18830}"
 MOSQUITTO_PORT="${MOSQUITTO_PORT:-18831}"
 ADMIN_PORT="${ADMIN_PORT:-19091}"
 
+STATE="${MQTT_KAFKA_STATE:-.local}"
+TARGET="${CARGO_TARGET_DIR:-target}"
 bash e2e/env/up.sh >/dev/null
-set -a; source .local/env; set +a
+set -a; source "$STATE/env"; set +a
 echo "[bench] building release binaries (first time: a few minutes)"
 cargo build -q --release -p mqtt-kafka-proxy --bin mqtt-kafka-proxy --example mqtt_bench
-BENCH=target/release/examples/mqtt_bench
+BENCH="$TARGET/release/examples/mqtt_bench"
 
 run_id="bench-$$"
-mkdir -p .local/bench
-cat > .local/bench/proxy.yaml <<YAML
+mkdir -p "$STATE/bench"
+cat > "$STATE"/bench/proxy.yaml <<YAML
 listeners: [{name: mqtt, protocol: tcp, address: "127.0.0.1:$PROXY_PORT"}]
 admin: {address: "127.0.0.1:$ADMIN_PORT"}
 kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP"}
 topics: {messages: $run_id-messages, retained: $run_id-retained, sessions: $run_id-sessions}
 mqtt: {maxInflightOutbound: 100, receiveMaximum: 1000}
 YAML
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 100000\n' "$MOSQUITTO_PORT" > .local/bench/mosquitto.conf
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 100\nmax_queued_messages 100000\n' "$MOSQUITTO_PORT" > "$STATE"/bench/mosquitto.conf
 
-target/release/mqtt-kafka-proxy --config .local/bench/proxy.yaml --create-topics --partitions 3 > .local/bench/proxy.log 2>&1 &
+"$TARGET"/release/mqtt-kafka-proxy --config "$STATE"/bench/proxy.yaml --create-topics --partitions 3 > "$STATE"/bench/proxy.log 2>&1 &
 proxy_pid=$!
-/usr/sbin/mosquitto -c .local/bench/mosquitto.conf > .local/bench/mosquitto.log 2>&1 &
+/usr/sbin/mosquitto -c "$STATE"/bench/mosquitto.conf > "$STATE"/bench/mosquitto.log 2>&1 &
 mosquitto_pid=$!
 trap 'kill $proxy_pid $mosquitto_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -fs "127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -42,7 +44,7 @@ measure() { # NAME PORT ARGS...
   "$BENCH" 127.0.0.1 "$port" "$@" | sed "s/^{/{\"broker\":\"$name\",/"
 }
 
-results=.local/bench/results.jsonl
+results="$STATE"/bench/results.jsonl
 : > "$results"
 for q in 0 1; do
   measure proxy "$PROXY_PORT" throughput "$q" "$COUNT" | tee -a "$results"
