@@ -39,6 +39,8 @@ class Proxy:
         run = uuid.uuid4().hex[:8]
         self.bootstrap = bootstrap
         self.port = free_port()
+        self.ws_port = free_port()
+        self.ws_path = "/mqtt"
         self.admin_port = free_port()
         self.messages = f"py-{run}-messages"
         self.retained = f"py-{run}-retained"
@@ -47,6 +49,7 @@ class Proxy:
             f"""
 listeners:
   - {{name: mqtt, protocol: tcp, address: "127.0.0.1:{self.port}"}}
+  - {{name: ws, protocol: websocket, address: "127.0.0.1:{self.ws_port}", path: {self.ws_path}}}
 admin: {{address: "127.0.0.1:{self.admin_port}"}}
 kafka: {{bootstrapServers: "{bootstrap}"}}
 topics: {{messages: {self.messages}, retained: {self.retained}, sessions: py-{run}-sessions}}
@@ -68,12 +71,23 @@ topics: {{messages: {self.messages}, retained: {self.retained}, sessions: py-{ru
             try:
                 with socket.create_connection(("127.0.0.1", self.admin_port), timeout=1) as s:
                     s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if s.recv(64).startswith(b"HTTP/1.1 200"):
-                        return
+                    ready = s.recv(64).startswith(b"HTTP/1.1 200")
+                # /readyz can turn 200 a moment before the MQTT listeners are bound (it
+                # watches Kafka and the retained view, not the sockets): wait for those too.
+                if ready and all(self._accepts(port) for port in (self.port, self.ws_port)):
+                    return
             except OSError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"proxy not ready in 60 s: {log_path.read_text()}")
+
+    @staticmethod
+    def _accepts(port):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def stop(self):
         self.process.terminate()

@@ -16,7 +16,7 @@ use crate::config::{Config, ConfigError, ListenerProtocol, RouteCondition};
 use crate::kafka::admin::{self as kafka_admin, AdminError};
 use crate::kafka::consumer::{self, ReaderError, RecordSink};
 use crate::kafka::producer::{PublishError, Publisher};
-use crate::listener;
+use crate::listener::{self, Shared, tls::TlsError};
 use crate::metrics::Metrics;
 use crate::mqtt::connect::Limits;
 
@@ -43,8 +43,16 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("listener {name}: protocol {protocol} is not served yet (tcp is)")]
-    UnsupportedListener { name: String, protocol: &'static str },
+    #[error("listener {name}: protocol tls needs tls.certFile and tls.keyFile")]
+    MissingTls { name: String },
+    #[error("listener {name}: {source}")]
+    Tls {
+        name: String,
+        // Boxed: TLS errors are large and rare, and every `Result` of start-up carries the
+        // size of its largest variant.
+        #[source]
+        source: Box<TlsError>,
+    },
 }
 
 /// Start-up choices that are not part of the config file.
@@ -87,6 +95,42 @@ impl Drop for Server {
             task.abort();
         }
     }
+}
+
+/// What a listener does with an accepted connection before MQTT starts.
+enum Transport {
+    Tcp,
+    Tls(tokio_rustls::TlsAcceptor),
+    Websocket { path: Arc<str> },
+}
+
+/// The transport of each listener, in config order. Reads the TLS files, so that a bad
+/// certificate stops the start before anything else is set up (Kafka included).
+fn transports(config: &Config) -> Result<Vec<Transport>, ServerError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            Ok(match l.protocol {
+                ListenerProtocol::Tcp => Transport::Tcp,
+                ListenerProtocol::Tls => {
+                    // `validate` requires `tls` for this protocol; a config that skipped it
+                    // gets an error, not a panic.
+                    let tls = l
+                        .tls
+                        .as_ref()
+                        .ok_or_else(|| ServerError::MissingTls { name: l.name.clone() })?;
+                    Transport::Tls(listener::tls::load(tls).map_err(|source| ServerError::Tls {
+                        name: l.name.clone(),
+                        source: Box::new(source),
+                    })?)
+                }
+                ListenerProtocol::Websocket => Transport::Websocket {
+                    path: Arc::from(l.websocket_path()),
+                },
+            })
+        })
+        .collect()
 }
 
 fn route_table(config: &Config) -> Result<RouteTable, RouteError> {
@@ -191,6 +235,7 @@ async fn connect_kafka(
 /// what is missing, and (with `StartOptions::retry_kafka`) set-up is retried until it works.
 pub async fn start(config: Config, options: StartOptions) -> Result<Server, ServerError> {
     config.validate()?;
+    let transports = transports(&config)?;
     let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
     let metrics = Arc::new(Metrics::new());
     let retained_loaded = Arc::new(AtomicBool::new(false));
@@ -240,37 +285,35 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     } = kafka;
     tasks.extend(kafka_tasks);
 
-    let limits = Arc::new(Limits::from_config(&config));
-    let connections = Arc::new(AtomicUsize::new(0));
-    let mut mqtt_addresses = Vec::new();
-    for l in &config.listeners {
-        if l.protocol != ListenerProtocol::Tcp {
-            return Err(ServerError::UnsupportedListener {
-                name: l.name.clone(),
-                protocol: l.protocol.as_str(),
-            });
-        }
+    let shared = Shared {
+        hub: Arc::clone(&hub),
+        limits: Arc::new(Limits::from_config(&config)),
+        connections: Arc::new(AtomicUsize::new(0)),
+    };
+    // From here on a failure drops `server`, whose `Drop` stops what was started already.
+    let mut server = Server {
+        mqtt_addresses: Vec::new(),
+        admin_address,
+        readiness,
+        hub,
+        publisher,
+        tasks,
+    };
+    for (l, transport) in config.listeners.iter().zip(transports) {
         let address = l.socket_addr()?;
         let (tcp, bound) = listener::tcp::bind(address).await.map_err(|source| ServerError::Bind {
             name: l.name.clone(),
             address: l.address.clone(),
             source,
         })?;
-        tracing::info!(listener = %l.name, address = %bound, "MQTT listener ready");
-        mqtt_addresses.push(bound);
-        tasks.push(tokio::spawn(listener::tcp::accept_loop(
-            tcp,
-            Arc::clone(&hub),
-            Arc::clone(&limits),
-            Arc::clone(&connections),
-        )));
+        tracing::info!(listener = %l.name, protocol = l.protocol.as_str(), address = %bound, "MQTT listener ready");
+        server.mqtt_addresses.push(bound);
+        let shared = shared.clone();
+        server.tasks.push(match transport {
+            Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
+            Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),
+            Transport::Websocket { path } => tokio::spawn(listener::websocket::accept_loop(tcp, path, shared)),
+        });
     }
-    Ok(Server {
-        mqtt_addresses,
-        admin_address,
-        readiness,
-        hub,
-        publisher,
-        tasks,
-    })
+    Ok(server)
 }

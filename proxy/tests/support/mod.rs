@@ -151,6 +151,37 @@ impl Client {
         }
     }
 
+    /// Connects with exactly `options` (any listener, any transport, e.g. TLS).
+    pub async fn connect_options(options: MqttOptions) -> Self {
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, mut incoming) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+        });
+        let connack = match tokio::time::timeout(WAIT, incoming.recv()).await {
+            Ok(Some(Ok(Packet::ConnAck(connack)))) => connack,
+            other => panic!("no CONNACK: {other:?}"),
+        };
+        Self {
+            client,
+            incoming,
+            connack,
+        }
+    }
+
     /// The next incoming packet (or the connection error that ended the client).
     pub async fn next(&mut self) -> Result<Packet, String> {
         tokio::time::timeout(WAIT, self.incoming.recv())
