@@ -4,5 +4,11 @@
 //! Decisions are pure functions (`resources`, `topics::plan`, `status`); I/O happens at
 //! the edges (`controller`, `topics`' Kafka calls, `election`, `http`).
 
+pub mod controller;
 pub mod crd;
+pub mod election;
+pub mod http;
+pub mod metrics;
 pub mod resources;
+pub mod status;
+pub mod topics;

@@ -1,0 +1,653 @@
+//! Reconcile and error policy: dereference, validate, build, apply, status.
+//!
+//! One reconcile of an `MqttKafkaProxy`:
+//! 1. deletion: run the finalizer (delete the topics if the spec asks), or nothing;
+//! 2. validate: render the proxy config with the proxy's own rules; an invalid spec changes
+//!    nothing and is reported as `Degraded` / `InvalidSpec`;
+//! 3. topics: create / converge them in Kafka (at most once per resync interval unless the
+//!    spec changed);
+//! 4. objects: build each with a pure builder and server-side apply it with one field
+//!    manager, unless it already is as built (no write, so no watch event, so no loop);
+//!    delete owned objects no longer wanted (per-pod Services after scaling down, a
+//!    disabled PodDisruptionBudget);
+//! 5. status: computed by `status::compute`, written only when it changed; Events for
+//!    condition transitions and topic changes.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::crd::{MqttKafkaProxy, TopicDeletePolicy};
+use crate::metrics::Metrics;
+use crate::resources::configmap::{self, RenderedConfig, plain_properties, secret_properties};
+use crate::resources::{
+    ANNOTATION_APPLIED_HASH, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER, applied_hash, is_owned_by, is_subset,
+    owned_selector, pdb, serviceaccount, services, stable_hash, statefulset,
+};
+use crate::status::{self, Observed, Severity};
+use crate::topics::{self, Admin, DesiredTopic, TopicReport};
+
+/// Finalizer that deletes the Kafka topics with the resource (`deletePolicy: Delete` only).
+pub const FINALIZER: &str = "mqttkafka.io/delete-topics";
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("applying {kind} {name} failed: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serializing {0} failed: {1}")]
+    Serialize(&'static str, serde_json::Error),
+    #[error("deleting the topics of {name} failed, the resource stays until it succeeds: {reason}")]
+    DeleteTopics { name: String, reason: String },
+    #[error("the resource has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// The `reason` label of the error metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Apply { .. } => "apply",
+            Error::Serialize(..) => "serialize",
+            Error::DeleteTopics { .. } => "kafka",
+            Error::NoNamespace => "invalid_resource",
+        }
+    }
+}
+
+/// Timings of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Reconcile every resource this often even without changes: topic drift is only seen
+    /// by looking.
+    pub resync: Duration,
+    /// Retry after this long when a reconcile failed or Kafka could not be reached.
+    pub retry: Duration,
+    /// Identity in Events (`reportingInstance`).
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            resync: Duration::from_secs(60),
+            retry: Duration::from_secs(10),
+            instance: "mqtt-kafka-operator".into(),
+        }
+    }
+}
+
+/// Kafka admin clients by connection properties, shared by resources on the same Kafka.
+/// librdkafka clients own threads and connections: one per reconcile would churn them.
+#[derive(Default)]
+struct AdminCache {
+    clients: Mutex<HashMap<String, (Arc<Admin>, Instant)>>,
+}
+
+const ADMIN_IDLE: Duration = Duration::from_secs(600);
+
+impl AdminCache {
+    fn get(&self, properties: &[(String, String)]) -> Result<Arc<Admin>, String> {
+        let key = stable_hash(format!("{properties:?}").as_bytes());
+        let mut clients = self.clients.lock().map_err(|_| "admin client cache poisoned".to_owned())?;
+        // Clients unused for a while (a rotated password, a deleted resource) are dropped;
+        // dropping one joins librdkafka threads, so not on the async runtime's threads.
+        let idle: Vec<String> = clients
+            .iter()
+            .filter(|(k, (_, used))| **k != key && used.elapsed() > ADMIN_IDLE)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in idle {
+            if let Some((client, _)) = clients.remove(&k) {
+                tokio::task::spawn_blocking(move || drop(client));
+            }
+        }
+        if let Some((client, used)) = clients.get_mut(&key) {
+            *used = Instant::now();
+            return Ok(Arc::clone(client));
+        }
+        let bootstrap = properties
+            .iter()
+            .find(|(k, _)| k == "bootstrap.servers")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let rest: Vec<(String, String)> = properties.iter().filter(|(k, _)| k != "bootstrap.servers").cloned().collect();
+        let client = Arc::new(mqtt_kafka_proxy::kafka::admin::client(&bootstrap, &rest).map_err(|e| e.to_string())?);
+        clients.insert(key, (Arc::clone(&client), Instant::now()));
+        Ok(client)
+    }
+}
+
+struct TopicCheck {
+    generation: Option<i64>,
+    at: Instant,
+    report: TopicReport,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    recorder: Recorder,
+    admins: AdminCache,
+    topic_checks: Mutex<HashMap<String, TopicCheck>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, metrics: Metrics, settings: Settings) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(settings.instance.clone()),
+            },
+        );
+        Context {
+            client,
+            metrics,
+            settings,
+            recorder,
+            admins: AdminCache::default(),
+            topic_checks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn publish(&self, proxy: &MqttKafkaProxy, severity: Severity, reason: &str, note: String) {
+        let event = Event {
+            type_: match severity {
+                Severity::Normal => EventType::Normal,
+                Severity::Warning => EventType::Warning,
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &proxy.object_ref(&())).await {
+            warn!(%err, reason, "publishing an Event failed");
+        }
+    }
+}
+
+fn key(proxy: &MqttKafkaProxy) -> String {
+    format!("{}/{}", proxy.namespace().unwrap_or_default(), proxy.name_any())
+}
+
+/// Runs the controller until `shutdown` completes; reconciles resources of `namespace`, or
+/// of every namespace.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    fn api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>(client: &Client, ns: &Option<String>) -> Api<K> {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
+    info!(namespace = namespace.as_deref().unwrap_or("<all>"), "controller starting");
+    Controller::new(api::<MqttKafkaProxy>(&client, &namespace), watcher::Config::default())
+        .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
+        .owns(api::<Service>(&client, &namespace), owned.clone())
+        .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, &namespace), owned.clone())
+        .owns(api::<ServiceAccount>(&client, &namespace), owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(resource = %object, "reconciled"),
+                Err(err) => debug!(%err, "reconcile failed"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// Reconciles one resource (the controller's entry point); counts and times it.
+pub async fn reconcile(proxy: Arc<MqttKafkaProxy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_resource(&proxy, &ctx).await;
+    ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
+    result
+}
+
+/// Retries a failed reconcile after `settings.retry`.
+pub fn error_policy(proxy: Arc<MqttKafkaProxy>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(resource = %key(&proxy), %err, "reconcile failed");
+    ctx.metrics.errors.with_label_values(&[err.metric_reason()]).inc();
+    Action::requeue(ctx.settings.retry)
+}
+
+async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Action, Error> {
+    let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
+    let proxies: Api<MqttKafkaProxy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let has_finalizer = proxy.finalizers().iter().any(|f| f == FINALIZER);
+    let deletes_topics = proxy.spec.kafka.topics.delete_policy == TopicDeletePolicy::Delete;
+
+    if proxy.metadata.deletion_timestamp.is_some() {
+        if has_finalizer {
+            if deletes_topics {
+                delete_topics(proxy, ctx).await?;
+            }
+            remove_finalizer(&proxies, proxy).await?;
+        }
+        if let Ok(mut checks) = ctx.topic_checks.lock() {
+            checks.remove(&key(proxy));
+        }
+        return Ok(Action::await_change());
+    }
+    // The finalizer exists only while the spec asks to delete the topics: a resource that
+    // keeps its topics can be deleted even when the operator is not running.
+    if deletes_topics && !has_finalizer {
+        add_finalizer(&proxies, proxy).await?;
+    } else if !deletes_topics && has_finalizer {
+        remove_finalizer(&proxies, proxy).await?;
+    }
+
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let rendered = match configmap::render(proxy) {
+        Ok(rendered) => rendered,
+        Err(violations) => {
+            ctx.metrics.errors.with_label_values(&["invalid_spec"]).inc();
+            let set = sets.get_opt(&proxy.name_any()).await?;
+            let observed = Observed {
+                statefulset: set.as_ref(),
+                invalid_spec: &violations,
+                ..Observed::default()
+            };
+            write_status(proxy, ctx, &proxies, observed, &[]).await?;
+            // Nothing will change until the spec does.
+            return Ok(Action::await_change());
+        }
+    };
+
+    let report = check_topics(proxy, ctx).await;
+    let (set, apply_error) = match apply_objects(proxy, ctx, &rendered).await {
+        Ok(set) => (Some(set), None),
+        Err(err) => (sets.get_opt(&proxy.name_any()).await.ok().flatten(), Some(err)),
+    };
+    let apply_message = apply_error.as_ref().map(ToString::to_string);
+    let observed = Observed {
+        statefulset: set.as_ref(),
+        topics: Some(&report.report),
+        invalid_spec: &[],
+        apply_error: apply_message.as_deref(),
+    };
+    let changes: Vec<topics::Change> = if report.fresh {
+        report.report.changes.clone()
+    } else {
+        Vec::new()
+    };
+    write_status(proxy, ctx, &proxies, observed, &changes).await?;
+    if let Some(err) = apply_error {
+        return Err(err);
+    }
+    if report.report.failure.is_some() {
+        ctx.metrics.errors.with_label_values(&["kafka"]).inc();
+        return Ok(Action::requeue(ctx.settings.retry));
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+struct CheckedTopics {
+    report: TopicReport,
+    /// Whether this reconcile ran the check (its changes are news) or reused a recent one.
+    fresh: bool,
+}
+
+/// Runs the topic pass unless one ran for this generation less than half a resync ago: the
+/// pods' status changes wake the controller often, and Kafka need not hear about each.
+async fn check_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> CheckedTopics {
+    let generation = proxy.metadata.generation;
+    if let Ok(checks) = ctx.topic_checks.lock()
+        && let Some(check) = checks.get(&key(proxy))
+        && check.generation == generation
+        && check.report.failure.is_none()
+        && check.at.elapsed() < ctx.settings.resync / 2
+    {
+        return CheckedTopics {
+            report: check.report.clone(),
+            fresh: false,
+        };
+    }
+    let report = run_topics(proxy, ctx).await;
+    if let Ok(mut checks) = ctx.topic_checks.lock() {
+        checks.insert(
+            key(proxy),
+            TopicCheck {
+                generation,
+                at: Instant::now(),
+                report: report.clone(),
+            },
+        );
+    }
+    CheckedTopics { report, fresh: true }
+}
+
+async fn run_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> TopicReport {
+    let desired = topics::desired_topics(&proxy.spec);
+    let admin = match admin_client(proxy, ctx).await {
+        Ok(admin) => admin,
+        Err(report) => return TopicReport::failed(&desired, report.0, report.1),
+    };
+    let spec = &proxy.spec.kafka;
+    topics::reconcile_topics(&admin, &desired, spec.topics.config_policy, &spec.bootstrap_servers).await
+}
+
+/// The admin client for the resource's Kafka, with the secret properties read from their
+/// Secrets; on failure the condition reason and message.
+async fn admin_client(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Arc<Admin>, (&'static str, String)> {
+    let spec = &proxy.spec.kafka;
+    let namespace = proxy.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut properties: Vec<(String, String)> = plain_properties(spec).into_iter().collect();
+    properties.push(("bootstrap.servers".into(), spec.bootstrap_servers.clone()));
+    for secret in secret_properties(spec) {
+        let unavailable = |why: String| {
+            (
+                "KafkaCredentialsUnavailable",
+                format!(
+                    "cannot read key {} of Secret {}/{} for {}: {why}",
+                    secret.secret.key, namespace, secret.secret.name, secret.property
+                ),
+            )
+        };
+        let found = secrets
+            .get_opt(&secret.secret.name)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| unavailable("the Secret does not exist".into()))?;
+        let value = found
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret.secret.key))
+            .ok_or_else(|| unavailable("the Secret has no such key".into()))?;
+        let text = String::from_utf8(value.0.clone()).map_err(|_| unavailable("the value is not UTF-8".into()))?;
+        properties.push((secret.property.into(), text));
+    }
+    properties.sort();
+    ctx.admins
+        .get(&properties)
+        .map_err(|e| ("KafkaClientFailed", format!("cannot create a Kafka admin client: {e}")))
+}
+
+async fn delete_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<(), Error> {
+    let desired: Vec<DesiredTopic> = topics::desired_topics(&proxy.spec);
+    let failed = |reason: String| Error::DeleteTopics {
+        name: key(proxy),
+        reason,
+    };
+    let admin = admin_client(proxy, ctx).await.map_err(|(_, message)| failed(message))?;
+    let deleted = topics::delete_topics(&admin, &desired).await.map_err(failed)?;
+    info!(resource = %key(proxy), ?deleted, "deleted topics (deletePolicy: Delete)");
+    ctx.publish(
+        proxy,
+        Severity::Normal,
+        "TopicsDeleted",
+        format!("deleted topics {}", deleted.join(", ")),
+    )
+    .await;
+    Ok(())
+}
+
+async fn add_finalizer(api: &Api<MqttKafkaProxy>, proxy: &MqttKafkaProxy) -> Result<(), Error> {
+    let mut finalizers = proxy.finalizers().to_vec();
+    finalizers.push(FINALIZER.into());
+    set_finalizers(api, proxy, finalizers).await
+}
+
+async fn remove_finalizer(api: &Api<MqttKafkaProxy>, proxy: &MqttKafkaProxy) -> Result<(), Error> {
+    let finalizers = proxy.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    set_finalizers(api, proxy, finalizers).await
+}
+
+/// Replaces the finalizer list. The resourceVersion in the patch makes the apiserver refuse
+/// it (409, retried by the error policy) if someone changed the resource meanwhile, so
+/// another controller's finalizer is never lost.
+async fn set_finalizers(api: &Api<MqttKafkaProxy>, proxy: &MqttKafkaProxy, finalizers: Vec<String>) -> Result<(), Error> {
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": proxy.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    api.patch(&proxy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Applies every object; returns the StatefulSet as stored.
+async fn apply_objects(proxy: &MqttKafkaProxy, ctx: &Context, rendered: &RenderedConfig) -> Result<StatefulSet, Error> {
+    let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+    let uid = proxy.uid().unwrap_or_default();
+
+    apply(
+        ctx,
+        &Api::namespaced(client.clone(), &namespace),
+        serviceaccount::service_account(proxy),
+        &uid,
+    )
+    .await?;
+    apply(
+        ctx,
+        &Api::namespaced(client.clone(), &namespace),
+        configmap::config_map(proxy, &rendered.yaml),
+        &uid,
+    )
+    .await?;
+    let service_api: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    apply(ctx, &service_api, services::headless(proxy), &uid).await?;
+    apply(ctx, &service_api, services::client(proxy), &uid).await?;
+    for service in services::per_pod(proxy) {
+        apply(ctx, &service_api, service, &uid).await?;
+    }
+    prune_per_pod_services(proxy, ctx, &service_api, &uid).await?;
+
+    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
+    match pdb::pod_disruption_budget(proxy) {
+        Some(budget) => {
+            apply(ctx, &pdb_api, budget, &uid).await?;
+        }
+        None => delete_owned(ctx, &pdb_api, &proxy.name_any(), &uid).await?,
+    }
+    apply(
+        ctx,
+        &Api::namespaced(client.clone(), &namespace),
+        statefulset::statefulset(proxy, &rendered.hash),
+        &uid,
+    )
+    .await
+}
+
+/// Deletes per-pod Services of this resource that the spec no longer wants.
+async fn prune_per_pod_services(
+    proxy: &MqttKafkaProxy,
+    ctx: &Context,
+    api: &Api<Service>,
+    uid: &str,
+) -> Result<(), Error> {
+    let wanted = services::per_pod_names(proxy);
+    let selector = format!("{},{LABEL_COMPONENT}=pod-service", owned_selector(&proxy.name_any()));
+    for service in api.list_metadata(&ListParams::default().labels(&selector)).await? {
+        let name = service.name_any();
+        if !wanted.contains(&name) && is_owned_by(&service.metadata, uid) {
+            delete_owned(ctx, api, &name, uid).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_owned<K>(ctx: &Context, api: &Api<K>, name: &str, uid: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let Some(found) = api.get_metadata_opt(name).await? else {
+        return Ok(());
+    };
+    if !is_owned_by(&found.metadata, uid) {
+        return Ok(());
+    }
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {
+            info!(kind = %K::kind(&()), name, "deleted an object no longer wanted");
+            ctx.metrics
+                .writes
+                .with_label_values(&[K::kind(&()).as_ref(), "deleted"])
+                .inc();
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Server-side applies `desired` unless the stored object already is as built: the
+/// applied-hash annotation matches (nothing removed from the desired state) and every
+/// desired field has its value (nobody changed one behind the operator's back).
+async fn apply<K>(ctx: &Context, api: &Api<K>, mut desired: K, uid: &str) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let kind: &'static str = match K::kind(&()).as_ref() {
+        "ConfigMap" => "ConfigMap",
+        "Service" => "Service",
+        "StatefulSet" => "StatefulSet",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        "ServiceAccount" => "ServiceAccount",
+        _ => "object",
+    };
+    let name = desired.name_any();
+    let hash = applied_hash(&serde_json::to_value(&desired).map_err(|e| Error::Serialize(kind, e))?);
+    desired
+        .annotations_mut()
+        .insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
+    let want = serde_json::to_value(&desired).map_err(|e| Error::Serialize(kind, e))?;
+    if let Some(actual) = api.get_opt(&name).await?
+        && actual.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash)
+        && is_owned_by(actual.meta(), uid)
+        && is_subset(&want, &serde_json::to_value(&actual).map_err(|e| Error::Serialize(kind, e))?)
+    {
+        ctx.metrics.writes.with_label_values(&[kind, "unchanged"]).inc();
+        return Ok(actual);
+    }
+    let applied = api
+        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
+        .await
+        .map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+    debug!(kind, name, "applied");
+    ctx.metrics.writes.with_label_values(&[kind, "applied"]).inc();
+    Ok(applied)
+}
+
+/// Computes the status, writes it if it changed, and publishes Events for transitions and
+/// for the topic changes of this reconcile.
+async fn write_status(
+    proxy: &MqttKafkaProxy,
+    ctx: &Context,
+    api: &Api<MqttKafkaProxy>,
+    observed: Observed<'_>,
+    changes: &[topics::Change],
+) -> Result<(), Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let status = status::compute(proxy, observed, now);
+    // The event recorder folds events of one reason into a series that keeps the first
+    // note: one event per reason, listing every change.
+    let mut by_reason: Vec<(&str, Vec<&str>)> = Vec::new();
+    for change in changes {
+        match by_reason.iter_mut().find(|(reason, _)| *reason == change.reason) {
+            Some((_, messages)) => messages.push(&change.message),
+            None => by_reason.push((change.reason, vec![&change.message])),
+        }
+    }
+    for (reason, messages) in by_reason {
+        ctx.publish(proxy, Severity::Normal, reason, messages.join("; ")).await;
+    }
+    let previous = proxy.status.clone().unwrap_or_default();
+    if previous == status {
+        return Ok(());
+    }
+    for transition in status::transitions(&previous.conditions, &status.conditions) {
+        ctx.publish(proxy, transition.severity, &transition.reason, transition.note)
+            .await;
+    }
+    let patch = json!({
+        "apiVersion": MqttKafkaProxy::api_version(&()),
+        "kind": MqttKafkaProxy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&proxy.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Fails with a clear message when the CRD is not installed.
+pub async fn ensure_crd_installed(client: &Client, crd_name: &str) -> Result<(), String> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.get_opt(crd_name).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!(
+            "the CustomResourceDefinition {crd_name} is not installed: install it with `kubectl apply \
+             --server-side -f crds/` (or the Helm chart charts/mqtt-kafka-operator), then start the operator again"
+        )),
+        Err(err) => Err(format!("cannot read CustomResourceDefinition {crd_name}: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_have_metric_reasons() {
+        assert_eq!(Error::NoNamespace.metric_reason(), "invalid_resource");
+        let err = Error::DeleteTopics {
+            name: "ns/a".into(),
+            reason: "down".into(),
+        };
+        assert_eq!(err.metric_reason(), "kafka");
+        assert!(err.to_string().contains("the resource stays until it succeeds"));
+    }
+
+    #[test]
+    fn default_settings_resync_every_minute() {
+        let settings = Settings::default();
+        assert_eq!(settings.resync, Duration::from_secs(60));
+        assert!(settings.retry < settings.resync);
+    }
+}

@@ -1,0 +1,160 @@
+//! Invalid resources are refused by the apiserver with a message naming the field: the
+//! CRD's schema and CEL rules, no operator needed.
+
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::support::{TestEnv, env};
+
+async fn rejection(env: &TestEnv, name: &str, spec: Value) -> String {
+    let object = json!({
+        "apiVersion": "mqttkafka.io/v1alpha1",
+        "kind": "MqttKafkaProxy",
+        "metadata": {"name": name, "namespace": env.namespace},
+        "spec": spec
+    });
+    match env
+        .proxies()
+        .patch(name, &PatchParams::apply("tests"), &Patch::Apply(&object))
+        .await
+    {
+        Ok(_) => panic!("{name} was accepted"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422, "{status:?}");
+            status.message
+        }
+        Err(err) => panic!("{name}: unexpected error {err}"),
+    }
+}
+
+fn with(mut spec: Value, key: &str, value: Value) -> Value {
+    spec[key] = value;
+    spec
+}
+
+#[tokio::test]
+async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
+    let env = env("op-admission").await;
+    let base = env.spec("p");
+
+    let cases: Vec<(&str, Value, &[&str])> = vec![
+        (
+            "redirect-without-v5",
+            with(
+                with(base.clone(), "mqtt", json!({"versions": ["3.1.1"]})),
+                "cluster",
+                json!({"serverReference": "{instance}.example.com:1883", "redirect": {"enabled": true}}),
+            ),
+            &["spec.cluster.redirect.enabled", "needs \"5.0\" in mqtt.versions"],
+        ),
+        (
+            "redirect-without-reference",
+            with(base.clone(), "cluster", json!({"redirect": {"enabled": true}})),
+            &["spec.cluster.redirect.enabled", "needs cluster.serverReference"],
+        ),
+        (
+            "tls-without-secret",
+            with(
+                base.clone(),
+                "listeners",
+                json!([{"name": "mqtt", "port": 1883}, {"name": "mqtts", "protocol": "tls", "port": 8883}]),
+            ),
+            &["spec.listeners[1].tls", "needs tls.secretName"],
+        ),
+        (
+            "tls-on-tcp",
+            with(base.clone(), "listeners", json!([{"name": "mqtt", "port": 1883, "tls": {"secretName": "s"}}])),
+            &["spec.listeners[0].tls", "only allowed on a listener with protocol tls"],
+        ),
+        (
+            "duplicate-listener",
+            with(base.clone(), "listeners", json!([{"name": "mqtt", "port": 1883}, {"name": "mqtt", "port": 1884}])),
+            &["spec.listeners[1]", "Duplicate value"],
+        ),
+        (
+            "duplicate-port",
+            with(base.clone(), "listeners", json!([{"name": "a", "port": 1883}, {"name": "b", "port": 1883}])),
+            &["spec.listeners", "port must be unique"],
+        ),
+        (
+            "admin-port",
+            with(base.clone(), "listeners", json!([{"name": "mqtt", "port": 9090}])),
+            &["spec.listeners[0].port", "health and metrics port"],
+        ),
+        (
+            "negative-replicas",
+            with(base.clone(), "replicas", json!(-1)),
+            &["spec.replicas", "should be greater than or equal to 0"],
+        ),
+        (
+            "reference-without-instance",
+            with(base.clone(), "cluster", json!({"serverReference": "mqtt.example.com:1883"})),
+            &["spec.cluster.serverReference", "must contain {instance}"],
+        ),
+        (
+            "per-pod-without-reference",
+            with(base.clone(), "perPodServices", json!({"enabled": true})),
+            &["spec.perPodServices.enabled", "needs cluster.serverReference"],
+        ),
+        (
+            "sessions-not-compacted",
+            {
+                let mut spec = base.clone();
+                spec["kafka"]["topics"]["sessions"]["config"] = json!({"cleanup.policy": "delete"});
+                spec
+            },
+            &["spec.kafka.topics.sessions", "must have cleanup.policy=compact"],
+        ),
+        (
+            "same-topic-twice",
+            {
+                let mut spec = base.clone();
+                spec["kafka"]["topics"]["messages"]["name"] = spec["kafka"]["topics"]["sessions"]["name"].clone();
+                spec
+            },
+            &["spec.kafka.topics.sessions.name", "must have different names"],
+        ),
+        (
+            "bad-topic-name",
+            {
+                let mut spec = base.clone();
+                spec["kafka"]["topics"]["messages"]["name"] = json!("mqtt messages");
+                spec
+            },
+            &["spec.kafka.topics.messages.name", "should match"],
+        ),
+        (
+            "both-pdb-bounds",
+            with(base.clone(), "podDisruptionBudget", json!({"minAvailable": 1, "maxUnavailable": 1})),
+            &["spec.podDisruptionBudget", "at most one of minAvailable and maxUnavailable"],
+        ),
+        (
+            "jwt-keys-and-secret",
+            with(
+                base.clone(),
+                "authorization",
+                json!({"jwt": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "a"}], "jwksSecret": {"name": "s", "key": "k"}}}),
+            ),
+            &["spec.authorization.jwt", "exactly one of keys and jwksSecret"],
+        ),
+        (
+            "unknown-field",
+            with(base.clone(), "replicaz", json!(3)),
+            &["replicaz"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, spec, fragments) in cases {
+        let message = rejection(&env, name, spec).await;
+        for fragment in fragments {
+            if !message.contains(fragment) {
+                failures.push(format!("{name}: {fragment:?} not in {message:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The base spec itself is accepted.
+    env.apply("p", base).await;
+    env.cleanup().await;
+}

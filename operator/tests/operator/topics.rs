@@ -1,0 +1,148 @@
+//! Topics that drift behind the operator's back are altered back (Converge) or reported
+//! with what to do (Report); partitions are never shrunk.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mqtt_kafka_proxy::kafka::admin::{self, TopicSpec};
+use serde_json::json;
+
+use crate::support::{condition, condition_is, env, eventually};
+
+#[tokio::test]
+async fn a_drifted_topic_config_is_reverted() {
+    let env = env("op-drift").await;
+    let operator = env.operator();
+    let mut spec = env.spec("p");
+    spec["kafka"]["topics"]["messages"]["config"] = json!({"retention.ms": "3600000"});
+    env.apply("p", spec).await;
+    env.status_where("p", "topics ready", |p| condition_is(p, "TopicsReady", "True"))
+        .await;
+    let sessions = env.topic("p-sessions");
+    let messages = env.topic("p-messages");
+
+    // Someone makes the sessions topic non-compacted and changes retention of messages,
+    // and sets an unrelated config the spec does not mention.
+    admin::alter_topic_configs(&env.admin, &sessions, &BTreeMap::from([("cleanup.policy".into(), "delete".into())]))
+        .await
+        .expect("alter sessions");
+    admin::alter_topic_configs(
+        &env.admin,
+        &messages,
+        &BTreeMap::from([
+            ("retention.ms".into(), "60000".into()),
+            ("max.message.bytes".into(), "2000000".into()),
+        ]),
+    )
+    .await
+    .expect("alter messages");
+    assert_eq!(env.topic_config(&sessions, "cleanup.policy").await.as_deref(), Some("delete"));
+
+    eventually("the operator reverts the drift", Duration::from_secs(20), || async {
+        let policy = env.topic_config(&sessions, "cleanup.policy").await?;
+        let retention = env.topic_config(&messages, "retention.ms").await?;
+        (policy == "compact" && retention == "3600000").then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.topic_config(&messages, "max.message.bytes").await.as_deref(),
+        Some("2000000"),
+        "configs the spec does not mention are left alone"
+    );
+    let events = env.event_reasons("p").await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "TopicConfigReverted" && note.contains("cleanup.policy is delete")),
+        "{events:?}"
+    );
+
+    operator.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn what_cannot_or_may_not_be_fixed_is_reported_with_how_to_fix_it() {
+    let env = env("op-report").await;
+    let sessions = env.topic("p-sessions");
+    let messages = env.topic("p-messages");
+    // Topics that exist before the resource: a sessions topic that is not compacted, and a
+    // messages topic with more partitions than the spec will ask.
+    let created = admin::create_topics(
+        &env.admin,
+        &[
+            TopicSpec {
+                name: sessions.clone(),
+                partitions: 3,
+                replication: 1,
+                configs: vec![("cleanup.policy".into(), "delete".into())],
+            },
+            TopicSpec {
+                name: messages.clone(),
+                partitions: 5,
+                replication: 1,
+                configs: vec![],
+            },
+        ],
+    )
+    .await
+    .expect("create topics");
+    assert_eq!(created.len(), 2);
+
+    let operator = env.operator();
+    let mut spec = env.spec("p");
+    spec["kafka"]["topics"]["configPolicy"] = json!("Report");
+    env.apply("p", spec).await;
+    let proxy = env
+        .status_where("p", "Degraded", |p| condition_is(p, "Degraded", "True"))
+        .await;
+    let degraded = condition(&proxy, "Degraded").expect("Degraded");
+    assert_eq!(degraded.1, "SessionsTopicNotCompacted");
+    assert!(
+        degraded.2.contains(&format!(
+            "kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {sessions} --add-config \
+             cleanup.policy=compact",
+            env.bootstrap
+        )),
+        "{}",
+        degraded.2
+    );
+    assert!(degraded.2.contains("Kafka cannot remove partitions"), "{}", degraded.2);
+    let topics_ready = condition(&proxy, "TopicsReady").expect("TopicsReady");
+    assert_eq!((topics_ready.0.as_str(), topics_ready.1.as_str()), ("False", "SessionsTopicNotCompacted"));
+    let status = proxy.status.as_ref().expect("status");
+    let by_name = |name: &str| status.topics.iter().find(|t| t.name == name).cloned().expect("topic status");
+    assert!(!by_name(&sessions).ready);
+    let messages_status = by_name(&messages);
+    assert_eq!((messages_status.partitions, messages_status.ready), (5, false));
+    assert!(
+        messages_status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("set spec.kafka.topics.messages.partitions to 5")),
+        "{messages_status:?}"
+    );
+    assert!(by_name(&env.topic("p-retained")).ready, "the missing retained topic was created");
+    assert!(
+        env.event_reasons("p")
+            .await
+            .iter()
+            .any(|(reason, _)| reason == "SessionsTopicNotCompacted")
+    );
+
+    // Reported, not touched; partitions never shrink.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.topic_config(&sessions, "cleanup.policy").await.as_deref(), Some("delete"));
+    assert_eq!(env.partitions(&messages), Some(5));
+
+    // Following the advice recovers: converge the config, match the partitions.
+    let mut spec = env.spec("p");
+    spec["kafka"]["topics"]["messages"]["partitions"] = json!(5);
+    env.apply("p", spec).await;
+    env.status_where("p", "recovered", |p| condition_is(p, "TopicsReady", "True"))
+        .await;
+    assert_eq!(env.topic_config(&sessions, "cleanup.policy").await.as_deref(), Some("compact"));
+
+    operator.stop().await;
+    env.cleanup().await;
+}
