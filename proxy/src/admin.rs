@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 pub struct Readiness {
     kafka_reachable: AtomicBool,
     retained_loaded: Arc<AtomicBool>,
+    listening: AtomicBool,
 }
 
 impl Readiness {
@@ -26,7 +27,13 @@ impl Readiness {
         Self {
             kafka_reachable: AtomicBool::new(false),
             retained_loaded,
+            listening: AtomicBool::new(false),
         }
+    }
+
+    /// Every MQTT listener is bound: until then clients would be refused.
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Release);
     }
 
     /// `Ok` when ready, else what is missing, for a person to read.
@@ -37,6 +44,9 @@ impl Readiness {
         }
         if !self.retained_loaded.load(Ordering::Acquire) {
             missing.push("retained messages are still loading");
+        }
+        if !self.listening.load(Ordering::Acquire) {
+            missing.push("MQTT listeners are not bound yet");
         }
         if missing.is_empty() {
             Ok(())
@@ -111,9 +121,10 @@ mod tests {
         let r = Readiness::new(Arc::clone(&loaded));
         assert_eq!(
             r.check(),
-            Err("Kafka is not reachable; retained messages are still loading".into())
+            Err("Kafka is not reachable; retained messages are still loading; MQTT listeners are not bound yet".into())
         );
         r.kafka_reachable.store(true, Ordering::Release);
+        r.set_listening();
         assert_eq!(r.check(), Err("retained messages are still loading".into()));
         loaded.store(true, Ordering::Release);
         assert_eq!(r.check(), Ok(()));

@@ -867,7 +867,8 @@ impl Config {
             }
             match (listener.protocol, &listener.tls) {
                 (ListenerProtocol::Tls, None) => v.err(at("tls"), "required when protocol is tls"),
-                (ListenerProtocol::Tls, Some(tls)) => {
+                // tls on a websocket listener makes it wss://.
+                (ListenerProtocol::Tls | ListenerProtocol::Websocket, Some(tls)) => {
                     if tls.cert_file.is_empty() {
                         v.err(at("tls.certFile"), "must not be empty");
                     }
@@ -877,7 +878,10 @@ impl Config {
                 }
                 (protocol, Some(_)) => v.err(
                     at("tls"),
-                    format!("only allowed when protocol is tls, protocol is {}", protocol.as_str()),
+                    format!(
+                        "only allowed when protocol is tls or websocket, protocol is {}",
+                        protocol.as_str()
+                    ),
                 ),
                 (_, None) => {}
             }
@@ -1610,7 +1614,7 @@ mod tests {
             => "listeners[0].tls", "required when protocol is tls";
         tls_on_tcp_listener: with(
             "listeners: [{name: a, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k}}]\n"
-        ) => "listeners[0].tls", "only allowed when protocol is tls";
+        ) => "listeners[0].tls", "only allowed when protocol is tls or websocket";
         empty_tls_cert_file: with(
             "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: '', keyFile: k}}]\n"
         ) => "listeners[0].tls.certFile", "must not be empty";

@@ -101,7 +101,11 @@ impl Drop for Server {
 enum Transport {
     Tcp,
     Tls(tokio_rustls::TlsAcceptor),
-    Websocket { path: Arc<str> },
+    /// `tls` makes it wss://.
+    Websocket {
+        path: Arc<str>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    },
 }
 
 /// The transport of each listener, in config order. Reads the TLS files, so that a bad
@@ -127,6 +131,13 @@ fn transports(config: &Config) -> Result<Vec<Transport>, ServerError> {
                 }
                 ListenerProtocol::Websocket => Transport::Websocket {
                     path: Arc::from(l.websocket_path()),
+                    tls: match &l.tls {
+                        None => None,
+                        Some(tls) => Some(listener::tls::load(tls).map_err(|source| ServerError::Tls {
+                            name: l.name.clone(),
+                            source: Box::new(source),
+                        })?),
+                    },
                 },
             })
         })
@@ -312,8 +323,11 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         server.tasks.push(match transport {
             Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
             Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),
-            Transport::Websocket { path } => tokio::spawn(listener::websocket::accept_loop(tcp, path, shared)),
+            Transport::Websocket { path, tls } => {
+                tokio::spawn(listener::websocket::accept_loop(tcp, path, tls, shared))
+            }
         });
     }
+    server.readiness.set_listening();
     Ok(server)
 }

@@ -520,3 +520,45 @@ async fn unusable_tls_files_fail_start_up_naming_the_file() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_websocket_listener_with_tls_serves_mqtt_over_wss() {
+    let certs = CertFiles::new();
+    let proxy = TestProxy::start_with(|config| {
+        config
+            .listeners
+            .push(listener("wss", ListenerProtocol::Websocket, Some(certs.tls.clone())));
+    })
+    .await;
+    let address = proxy.server.mqtt_addresses[1];
+    let tcp = TcpStream::connect(address).await.expect("tcp connect");
+    let connector = tokio_rustls::TlsConnector::from(certs.client_config());
+    let server_name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(server_name, tcp).await.expect("TLS handshake");
+    let mut request = format!("wss://localhost:{}/mqtt", address.port())
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    let (ws, _) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .expect("WebSocket upgrade over TLS");
+    let (mut sink, mut stream) = ws.split();
+    sink.send(Message::Binary(RawPeer::v5_connect("wss-client").into()))
+        .await
+        .expect("send CONNECT");
+    let frame = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a frame")
+        .expect("open")
+        .expect("frame");
+    let Message::Binary(connack) = frame else {
+        panic!("not binary: {frame:?}")
+    };
+    assert_eq!(
+        (connack[0], connack[3]),
+        (0x20, 0x00),
+        "CONNACK success over wss: {connack:02x?}"
+    );
+}

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
@@ -128,11 +129,19 @@ where
 }
 
 /// Accepts connections until the task is dropped; the upgrade and then MQTT run in one task
-/// per connection.
-pub async fn accept_loop(listener: TcpListener, path: Arc<str>, shared: Shared) {
+/// per connection. With `tls` the upgrade runs inside TLS (wss://).
+pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<TlsAcceptor>, shared: Shared) {
     accept_each(listener, move |stream, peer| {
-        let (path, shared) = (Arc::clone(&path), shared.clone());
-        async move { serve(stream, peer, &path, shared).await }
+        let (path, tls, shared) = (Arc::clone(&path), tls.clone(), shared.clone());
+        async move {
+            match tls {
+                None => serve(stream, peer, &path, shared).await,
+                Some(acceptor) => match super::tls::handshake(&acceptor, stream, &shared).await {
+                    Ok(stream) => serve(stream, peer, &path, shared).await,
+                    Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                },
+            }
+        }
     })
     .await;
 }
