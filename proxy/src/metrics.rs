@@ -23,6 +23,9 @@ pub struct Metrics {
     pub retained: IntGauge,
     /// Connections closed by the server, by DISCONNECT reason code.
     pub disconnects: IntCounterVec,
+    /// Kafka fan-out consumers of this process: one per messages topic, whatever the
+    /// number of MQTT subscribers.
+    pub fanout_consumers: IntGauge,
 }
 
 // Names and help texts are constants, so construction can only fail on a programming
@@ -64,8 +67,10 @@ impl Metrics {
                 "connections closed by the server, by reason code",
                 "reason",
             ),
+            fanout_consumers: gauge("fanout_consumers", "Kafka fan-out consumers (one per messages topic)"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(metrics.fanout_consumers.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.connects.clone()),
             Box::new(metrics.published.clone()),

@@ -226,6 +226,7 @@ async fn connect_kafka(
     let sink: Arc<dyn RecordSink> = hub.clone();
     for topic in hub.messages_topics() {
         tasks.push(consumer::start_fanout(&bootstrap, &properties, &instance, &topic, Arc::clone(&sink)).await?);
+        metrics.fanout_consumers.inc();
     }
     tasks.push(
         consumer::start_retained_reader(

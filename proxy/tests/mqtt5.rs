@@ -377,3 +377,64 @@ async fn outbound_deliveries_respect_the_clients_receive_maximum() {
     slow.client.ack(&second).await.expect("ack");
     assert_eq!(&slow.next_publish().await.payload[..], b"3");
 }
+
+#[tokio::test]
+async fn a_delivery_larger_than_the_clients_maximum_packet_size_is_skipped_not_fatal() {
+    let proxy = TestProxy::start().await;
+    let mut small = Client::connect_with(&proxy, "small-max", |o| {
+        o.set_max_packet_size(Some(128));
+    })
+    .await;
+    small
+        .client
+        .subscribe("size/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    small.suback().await;
+    let publisher = Client::connect(&proxy, "size-pub").await;
+    publisher
+        .client
+        .publish("size/t", QoS::AtLeastOnce, false, vec![b'x'; 500])
+        .await
+        .expect("publish");
+    publisher
+        .client
+        .publish("size/t", QoS::AtLeastOnce, false, "fits")
+        .await
+        .expect("publish");
+    assert_eq!(&small.next_publish().await.payload[..], b"fits");
+    let dropped = proxy.metric("mqtt_kafka_dropped_total{reason=\"too_large\"}").await;
+    assert_eq!(dropped, Some(1.0));
+}
+
+#[tokio::test]
+async fn an_invalid_utf8_payload_marked_utf8_gets_puback_0x99_and_is_not_stored() {
+    let proxy = TestProxy::start().await;
+    let mut peer = RawPeer::connect_v5(&proxy, "bad-utf8").await;
+    // PUBLISH QoS 1, topic "u", packet id 5, Payload Format Indicator = 1, payload 0xFF.
+    peer.send(&[0x32, 0x09, 0, 1, b'u', 0, 5, 2, 0x01, 0x01, 0xFF]).await;
+    let puback = peer.read_packet().await.expect("PUBACK");
+    assert_eq!(
+        (puback[0], puback[2], puback[3], puback[4]),
+        (0x40, 0, 5, 0x99),
+        "{puback:02x?}"
+    );
+    assert_eq!(proxy.metric("mqtt_kafka_published_total{qos=\"1\"}").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn one_fanout_consumer_per_messages_topic_however_many_subscribers() {
+    let proxy = TestProxy::start().await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = Client::connect(&proxy, &format!("many-{i}")).await;
+        c.client
+            .subscribe(format!("many/{i}/#"), QoS::AtMostOnce)
+            .await
+            .expect("subscribe");
+        c.suback().await;
+        clients.push(c);
+    }
+    assert_eq!(proxy.metric("mqtt_kafka_fanout_consumers").await, Some(1.0));
+    assert_eq!(proxy.metric("mqtt_kafka_connections").await, Some(20.0));
+}
