@@ -71,12 +71,29 @@ pub enum Error {
 impl Error {
     /// The `reason` label of the error metric.
     pub fn metric_reason(&self) -> &'static str {
+        match self.api_status() {
+            Some(403) => return "forbidden",
+            Some(409) => return "conflict",
+            _ => {}
+        }
         match self {
             Error::Kube(_) => "kubernetes",
             Error::Apply { .. } => "apply",
             Error::Serialize(..) => "serialize",
             Error::DeleteTopics { .. } => "kafka",
             Error::NoNamespace => "invalid_resource",
+        }
+    }
+
+    /// The HTTP status of a refused API request.
+    fn api_status(&self) -> Option<u16> {
+        match self {
+            Error::Kube(kube::Error::Api(status))
+            | Error::Apply {
+                source: kube::Error::Api(status),
+                ..
+            } => Some(status.code),
+            _ => None,
         }
     }
 }
@@ -115,7 +132,10 @@ const ADMIN_IDLE: Duration = Duration::from_secs(600);
 impl AdminCache {
     fn get(&self, properties: &[(String, String)]) -> Result<Arc<Admin>, String> {
         let key = stable_hash(format!("{properties:?}").as_bytes());
-        let mut clients = self.clients.lock().map_err(|_| "admin client cache poisoned".to_owned())?;
+        let mut clients = self
+            .clients
+            .lock()
+            .map_err(|_| "admin client cache poisoned".to_owned())?;
         // Clients unused for a while (a rotated password, a deleted resource) are dropped;
         // dropping one joins librdkafka threads, so not on the async runtime's threads.
         let idle: Vec<String> = clients
@@ -137,7 +157,11 @@ impl AdminCache {
             .find(|(k, _)| k == "bootstrap.servers")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        let rest: Vec<(String, String)> = properties.iter().filter(|(k, _)| k != "bootstrap.servers").cloned().collect();
+        let rest: Vec<(String, String)> = properties
+            .iter()
+            .filter(|(k, _)| k != "bootstrap.servers")
+            .cloned()
+            .collect();
         let client = Arc::new(mqtt_kafka_proxy::kafka::admin::client(&bootstrap, &rest).map_err(|e| e.to_string())?);
         clients.insert(key, (Arc::clone(&client), Instant::now()));
         Ok(client)
@@ -203,16 +227,26 @@ fn key(proxy: &MqttKafkaProxy) -> String {
 
 /// Runs the controller until `shutdown` completes; reconciles resources of `namespace`, or
 /// of every namespace.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    fn api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>(client: &Client, ns: &Option<String>) -> Api<K> {
+    fn api<K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>>(
+        client: &Client,
+        ns: &Option<String>,
+    ) -> Api<K> {
         match ns {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         }
     }
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGER}"));
-    info!(namespace = namespace.as_deref().unwrap_or("<all>"), "controller starting");
+    info!(
+        namespace = namespace.as_deref().unwrap_or("<all>"),
+        "controller starting"
+    );
     Controller::new(api::<MqttKafkaProxy>(&client, &namespace), watcher::Config::default())
         .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
@@ -242,9 +276,16 @@ pub async fn reconcile(proxy: Arc<MqttKafkaProxy>, ctx: Arc<Context>) -> Result<
 }
 
 /// Retries a failed reconcile after `settings.retry`.
+/// A conflict (the resource changed while it was reconciled) is retried at once, with what
+/// the watch has brought in the meantime.
 pub fn error_policy(proxy: Arc<MqttKafkaProxy>, err: &Error, ctx: Arc<Context>) -> Action {
+    let reason = err.metric_reason();
+    ctx.metrics.errors.with_label_values(&[reason]).inc();
+    if reason == "conflict" {
+        debug!(resource = %key(&proxy), %err, "conflict; retrying");
+        return Action::requeue(Duration::from_millis(200));
+    }
     warn!(resource = %key(&proxy), %err, "reconcile failed");
-    ctx.metrics.errors.with_label_values(&[err.metric_reason()]).inc();
     Action::requeue(ctx.settings.retry)
 }
 
@@ -434,7 +475,11 @@ async fn remove_finalizer(api: &Api<MqttKafkaProxy>, proxy: &MqttKafkaProxy) -> 
 /// Replaces the finalizer list. The resourceVersion in the patch makes the apiserver refuse
 /// it (409, retried by the error policy) if someone changed the resource meanwhile, so
 /// another controller's finalizer is never lost.
-async fn set_finalizers(api: &Api<MqttKafkaProxy>, proxy: &MqttKafkaProxy, finalizers: Vec<String>) -> Result<(), Error> {
+async fn set_finalizers(
+    api: &Api<MqttKafkaProxy>,
+    proxy: &MqttKafkaProxy,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
     let patch = json!({
         "metadata": {
             "resourceVersion": proxy.resource_version(),
@@ -556,7 +601,10 @@ where
     if let Some(actual) = api.get_opt(&name).await?
         && actual.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash)
         && is_owned_by(actual.meta(), uid)
-        && is_subset(&want, &serde_json::to_value(&actual).map_err(|e| Error::Serialize(kind, e))?)
+        && is_subset(
+            &want,
+            &serde_json::to_value(&actual).map_err(|e| Error::Serialize(kind, e))?,
+        )
     {
         ctx.metrics.writes.with_label_values(&[kind, "unchanged"]).inc();
         return Ok(actual);
@@ -610,8 +658,12 @@ async fn write_status(
         "kind": MqttKafkaProxy::kind(&()),
         "status": status,
     });
-    api.patch_status(&proxy.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &proxy.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -633,9 +685,24 @@ pub async fn ensure_crd_installed(client: &Client, crd_name: &str) -> Result<(),
 mod tests {
     use super::*;
 
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            serde_json::from_value(json!({"status": "Failure", "message": "m", "reason": "r", "code": code}))
+                .expect("status"),
+        )
+    }
+
     #[test]
     fn errors_have_metric_reasons() {
         assert_eq!(Error::NoNamespace.metric_reason(), "invalid_resource");
+        assert_eq!(Error::Kube(api_error(409)).metric_reason(), "conflict");
+        assert_eq!(Error::Kube(api_error(500)).metric_reason(), "kubernetes");
+        let forbidden = Error::Apply {
+            kind: "Service",
+            name: "s".into(),
+            source: api_error(403),
+        };
+        assert_eq!(forbidden.metric_reason(), "forbidden");
         let err = Error::DeleteTopics {
             name: "ns/a".into(),
             reason: "down".into(),

@@ -142,4 +142,3 @@ pub fn default_lease(namespace: &str, identity: &str) -> LeaseSettings {
         grace: Duration::from_secs(5),
     }
 }
-

@@ -25,11 +25,17 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
-            Opts::new("mqtt_kafka_operator_reconciles_total", "Reconciles of MqttKafkaProxy resources"),
+            Opts::new(
+                "mqtt_kafka_operator_reconciles_total",
+                "Reconciles of MqttKafkaProxy resources",
+            ),
             &["result"],
         )?;
         let errors = IntCounterVec::new(
-            Opts::new("mqtt_kafka_operator_reconcile_errors_total", "Reconcile errors by reason"),
+            Opts::new(
+                "mqtt_kafka_operator_reconcile_errors_total",
+                "Reconcile errors by reason",
+            ),
             &["reason"],
         )?;
         let duration = Histogram::with_opts(
@@ -37,7 +43,10 @@ impl Metrics {
                 .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )?;
         let writes = IntCounterVec::new(
-            Opts::new("mqtt_kafka_operator_object_writes_total", "Owned objects by kind and write outcome"),
+            Opts::new(
+                "mqtt_kafka_operator_object_writes_total",
+                "Owned objects by kind and write outcome",
+            ),
             &["kind", "outcome"],
         )?;
         let leader = IntGauge::new("mqtt_kafka_operator_leader", "1 while this instance is the leader")?;
@@ -83,7 +92,13 @@ impl Metrics {
 }
 
 /// The kinds of object the operator writes (the `kind` label of `writes`).
-pub const KINDS: &[&str] = &["ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "ServiceAccount"];
+pub const KINDS: &[&str] = &[
+    "ConfigMap",
+    "Service",
+    "StatefulSet",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+];
 
 #[cfg(test)]
 mod tests {
@@ -99,9 +114,18 @@ mod tests {
         metrics.writes.with_label_values(&["Service", "applied"]).inc_by(2);
         metrics.leader.set(1);
         let text = metrics.encode();
-        assert!(text.contains("mqtt_kafka_operator_reconciles_total{result=\"success\"} 1"), "{text}");
-        assert!(text.contains("mqtt_kafka_operator_reconcile_errors_total{reason=\"kafka\"} 1"), "{text}");
-        assert!(text.contains("mqtt_kafka_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("mqtt_kafka_operator_reconciles_total{result=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt_kafka_operator_reconcile_errors_total{reason=\"kafka\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt_kafka_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(text.contains("mqtt_kafka_operator_leader 1"), "{text}");
         assert_eq!(metrics.reconcile_count(), 1);
         assert_eq!(metrics.write_count("applied"), 3);

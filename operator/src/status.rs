@@ -117,11 +117,21 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
                     "TopicsReady",
                     format!(
                         "topics {} exist with the partitions and config of the spec",
-                        report.topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                        report
+                            .topics
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
             } else {
-                condition(TOPICS_READY, false, "TopicsNotReady", "some topics are not ready".into())
+                condition(
+                    TOPICS_READY,
+                    false,
+                    "TopicsNotReady",
+                    "some topics are not ready".into(),
+                )
             }
         }
     };
@@ -186,7 +196,12 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
     } else if topics_ready.status != "True" {
         condition(READY, false, "TopicsNotReady", topics_ready.message.clone())
     } else if proxy.spec.replicas == 0 {
-        condition(READY, false, "ScaledToZero", "spec.replicas is 0: no pod serves MQTT".into())
+        condition(
+            READY,
+            false,
+            "ScaledToZero",
+            "spec.replicas is 0: no pod serves MQTT".into(),
+        )
     } else {
         match &pods {
             Some(p) if p.ready >= p.wanted => condition(
@@ -207,7 +222,12 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
                     names::pod(&name, 0)
                 ),
             ),
-            None => condition(READY, false, "PodsNotReady", "the StatefulSet does not exist yet".into()),
+            None => condition(
+                READY,
+                false,
+                "PodsNotReady",
+                "the StatefulSet does not exist yet".into(),
+            ),
         }
     };
 
@@ -357,24 +377,48 @@ mod tests {
         let topics = good_topics();
         let status = compute(
             &proxy,
-            Observed { statefulset: Some(&sts), topics: Some(&topics), ..Observed::default() },
+            Observed {
+                statefulset: Some(&sts),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
             at(10),
         );
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!((status.replicas, status.ready_replicas), (1, 1));
-        assert_eq!(status.selector.as_deref(), Some("app.kubernetes.io/instance=mqtt,app.kubernetes.io/name=mqtt-kafka-proxy"));
-        assert_eq!(status.server_references, [PodServerReference {
-            pod: "mqtt-0".into(),
-            server_reference: "mqtt-0.mqtt-headless.iot.svc:1883".into()
-        }]);
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/instance=mqtt,app.kubernetes.io/name=mqtt-kafka-proxy")
+        );
+        assert_eq!(
+            status.server_references,
+            [PodServerReference {
+                pod: "mqtt-0".into(),
+                server_reference: "mqtt-0.mqtt-headless.iot.svc:1883".into()
+            }]
+        );
         assert_eq!(status.topics, topics.topics);
         let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [READY, TOPICS_READY, PROGRESSING, DEGRADED]);
-        assert_eq!((get(&status, READY).status.as_str(), get(&status, READY).reason.as_str()), ("True", "AllPodsReady"));
+        assert_eq!(
+            (get(&status, READY).status.as_str(), get(&status, READY).reason.as_str()),
+            ("True", "AllPodsReady")
+        );
         assert_eq!(get(&status, TOPICS_READY).status, "True");
-        assert_eq!((get(&status, PROGRESSING).status.as_str(), get(&status, PROGRESSING).reason.as_str()), ("False", "Stable"));
+        assert_eq!(
+            (
+                get(&status, PROGRESSING).status.as_str(),
+                get(&status, PROGRESSING).reason.as_str()
+            ),
+            ("False", "Stable")
+        );
         assert_eq!(get(&status, DEGRADED).status, "False");
-        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(3) && c.last_transition_time == at(10)));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3) && c.last_transition_time == at(10))
+        );
     }
 
     #[test]
@@ -382,21 +426,55 @@ mod tests {
         let proxy = minimal();
         let sts = settled(1, 0);
         let topics = good_topics();
-        let status = compute(&proxy, Observed { statefulset: Some(&sts), topics: Some(&topics), ..Observed::default() }, at(1));
+        let status = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&sts),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(1),
+        );
         let ready = get(&status, READY);
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PodsNotReady"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PodsNotReady")
+        );
         assert!(ready.message.contains("0 of 1 pods are ready"), "{}", ready.message);
-        assert!(ready.message.contains("kubectl -n iot describe pod mqtt-0"), "{}", ready.message);
+        assert!(
+            ready.message.contains("kubectl -n iot describe pod mqtt-0"),
+            "{}",
+            ready.message
+        );
         assert_eq!(get(&status, PROGRESSING).reason, "WaitingForPods");
-        assert_eq!(get(&status, DEGRADED).status, "False", "pods starting is not a degradation");
+        assert_eq!(
+            get(&status, DEGRADED).status,
+            "False",
+            "pods starting is not a degradation"
+        );
     }
 
     #[test]
     fn rollouts_and_scaling_are_progressing() {
         let mut proxy = minimal();
         let topics = good_topics();
-        let unseen = set(2, StatefulSetStatus { observed_generation: Some(1), replicas: 1, ..StatefulSetStatus::default() });
-        let status = compute(&proxy, Observed { statefulset: Some(&unseen), topics: Some(&topics), ..Observed::default() }, at(1));
+        let unseen = set(
+            2,
+            StatefulSetStatus {
+                observed_generation: Some(1),
+                replicas: 1,
+                ..StatefulSetStatus::default()
+            },
+        );
+        let status = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&unseen),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(1),
+        );
         assert_eq!(get(&status, PROGRESSING).reason, "RollingOut");
         let rolling = set(
             2,
@@ -409,12 +487,37 @@ mod tests {
                 ..StatefulSetStatus::default()
             },
         );
-        let status = compute(&proxy, Observed { statefulset: Some(&rolling), topics: Some(&topics), ..Observed::default() }, at(1));
-        assert_eq!(get(&status, PROGRESSING).message, "0 of 1 pods run the latest pod template");
+        let status = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&rolling),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(1),
+        );
+        assert_eq!(
+            get(&status, PROGRESSING).message,
+            "0 of 1 pods run the latest pod template"
+        );
         proxy.spec.replicas = 3;
         let sts = settled(1, 1);
-        let status = compute(&proxy, Observed { statefulset: Some(&sts), topics: Some(&topics), ..Observed::default() }, at(1));
-        assert_eq!((get(&status, PROGRESSING).reason.as_str(), get(&status, PROGRESSING).message.as_str()), ("Scaling", "1 pods exist, 3 wanted"));
+        let status = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&sts),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(1),
+        );
+        assert_eq!(
+            (
+                get(&status, PROGRESSING).reason.as_str(),
+                get(&status, PROGRESSING).message.as_str()
+            ),
+            ("Scaling", "1 pods exist, 3 wanted")
+        );
         assert_eq!(status.server_references.len(), 3, "references follow the spec");
         assert_eq!(status.replicas, 1, "replicas are the pods that exist");
     }
@@ -429,7 +532,15 @@ mod tests {
             reason: ProblemReason::SessionsTopicNotCompacted,
             message: "fix it with kafka-configs.sh".into(),
         });
-        let status = compute(&proxy, Observed { statefulset: Some(&sts), topics: Some(&topics), ..Observed::default() }, at(1));
+        let status = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&sts),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(1),
+        );
         for type_ in [DEGRADED, TOPICS_READY, READY] {
             let c = get(&status, type_);
             assert_eq!(c.reason, "SessionsTopicNotCompacted", "{type_}");
@@ -443,21 +554,49 @@ mod tests {
     fn kafka_unreachable_and_invalid_spec_are_reported() {
         let proxy = minimal();
         let unreachable = TopicReport::failed(&[], "KafkaUnreachable", "cannot read topic x".into());
-        let status = compute(&proxy, Observed { topics: Some(&unreachable), ..Observed::default() }, at(1));
+        let status = compute(
+            &proxy,
+            Observed {
+                topics: Some(&unreachable),
+                ..Observed::default()
+            },
+            at(1),
+        );
         assert_eq!(get(&status, TOPICS_READY).reason, "KafkaUnreachable");
         assert_eq!(get(&status, DEGRADED).reason, "KafkaUnreachable");
         assert!(get(&status, TOPICS_READY).message.contains("cannot read topic x"));
         assert_eq!(get(&status, PROGRESSING).reason, "Creating");
 
-        let violations = [SpecViolation { path: "spec.clients[0]".into(), message: "must contain {identity}".into() }];
-        let status = compute(&proxy, Observed { invalid_spec: &violations, ..Observed::default() }, at(1));
+        let violations = [SpecViolation {
+            path: "spec.clients[0]".into(),
+            message: "must contain {identity}".into(),
+        }];
+        let status = compute(
+            &proxy,
+            Observed {
+                invalid_spec: &violations,
+                ..Observed::default()
+            },
+            at(1),
+        );
         let degraded = get(&status, DEGRADED);
-        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
         assert!(degraded.message.contains("spec.clients[0]: must contain {identity}"));
         assert_eq!(get(&status, TOPICS_READY).status, "Unknown");
         assert_eq!(get(&status, READY).reason, "InvalidSpec");
 
-        let status = compute(&proxy, Observed { apply_error: Some("applying StatefulSet mqtt: forbidden"), topics: Some(&good_topics()), ..Observed::default() }, at(1));
+        let status = compute(
+            &proxy,
+            Observed {
+                apply_error: Some("applying StatefulSet mqtt: forbidden"),
+                topics: Some(&good_topics()),
+                ..Observed::default()
+            },
+            at(1),
+        );
         assert_eq!(get(&status, DEGRADED).reason, "ApplyFailed");
     }
 
@@ -466,15 +605,30 @@ mod tests {
         let mut proxy = minimal();
         let sts = settled(1, 0);
         let topics = good_topics();
-        let observed = Observed { statefulset: Some(&sts), topics: Some(&topics), ..Observed::default() };
+        let observed = Observed {
+            statefulset: Some(&sts),
+            topics: Some(&topics),
+            ..Observed::default()
+        };
         let first = compute(&proxy, observed, at(1));
         proxy.status = Some(first.clone());
         let second = compute(&proxy, observed, at(99));
         assert_eq!(first, second, "no write, so no event, so no reconcile loop");
         let ready_sts = settled(1, 1);
-        let third = compute(&proxy, Observed { statefulset: Some(&ready_sts), ..observed }, at(99));
+        let third = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&ready_sts),
+                ..observed
+            },
+            at(99),
+        );
         assert_eq!(get(&third, READY).last_transition_time, at(99), "Ready flipped");
-        assert_eq!(get(&third, TOPICS_READY).last_transition_time, at(1), "TopicsReady did not");
+        assert_eq!(
+            get(&third, TOPICS_READY).last_transition_time,
+            at(1),
+            "TopicsReady did not"
+        );
     }
 
     #[test]
@@ -482,14 +636,33 @@ mod tests {
         let proxy = minimal();
         let sts = settled(1, 0);
         let topics = good_topics();
-        let starting = compute(&proxy, Observed { statefulset: Some(&sts), topics: Some(&topics), ..Observed::default() }, at(1));
+        let starting = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&sts),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(1),
+        );
         let first = transitions(&[], &starting.conditions);
         let reasons: Vec<&str> = first.iter().map(|t| t.reason.as_str()).collect();
-        assert!(reasons.is_empty(), "a new resource waiting for its pods is not news: {reasons:?}");
+        assert!(
+            reasons.is_empty(),
+            "a new resource waiting for its pods is not news: {reasons:?}"
+        );
         assert!(transitions(&starting.conditions, &starting.conditions).is_empty());
 
         let ready_sts = settled(1, 1);
-        let ready = compute(&proxy, Observed { statefulset: Some(&ready_sts), topics: Some(&topics), ..Observed::default() }, at(2));
+        let ready = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&ready_sts),
+                topics: Some(&topics),
+                ..Observed::default()
+            },
+            at(2),
+        );
         let events = transitions(&starting.conditions, &ready.conditions);
         assert!(events.contains(&Transition {
             severity: Severity::Normal,
@@ -498,11 +671,31 @@ mod tests {
         }));
 
         let mut bad = topics.clone();
-        bad.problems.push(Problem { topic: "t".into(), reason: ProblemReason::TopicConfigDrift, message: "drift".into() });
-        let degraded = compute(&proxy, Observed { statefulset: Some(&ready_sts), topics: Some(&bad), ..Observed::default() }, at(3));
+        bad.problems.push(Problem {
+            topic: "t".into(),
+            reason: ProblemReason::TopicConfigDrift,
+            message: "drift".into(),
+        });
+        let degraded = compute(
+            &proxy,
+            Observed {
+                statefulset: Some(&ready_sts),
+                topics: Some(&bad),
+                ..Observed::default()
+            },
+            at(3),
+        );
         let events = transitions(&ready.conditions, &degraded.conditions);
-        assert!(events.iter().any(|e| e.severity == Severity::Warning && e.reason == "TopicConfigDrift"));
+        assert!(
+            events
+                .iter()
+                .any(|e| e.severity == Severity::Warning && e.reason == "TopicConfigDrift")
+        );
         let recovered = transitions(&degraded.conditions, &ready.conditions);
-        assert!(recovered.iter().any(|e| e.severity == Severity::Normal && e.reason == "Recovered"));
+        assert!(
+            recovered
+                .iter()
+                .any(|e| e.severity == Severity::Normal && e.reason == "Recovered")
+        );
     }
 }

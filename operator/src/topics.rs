@@ -255,7 +255,11 @@ pub fn plan(
                      set {field}.partitions to {actual}, or move to a new topic",
                     desired.partitions,
                     desired.role.as_str(),
-                    if desired.role == TopicRole::Sessions { "sessions" } else { "retained messages" },
+                    if desired.role == TopicRole::Sessions {
+                        "sessions"
+                    } else {
+                        "retained messages"
+                    },
                 ),
             });
         }
@@ -592,7 +596,10 @@ mod tests {
         assert_eq!(topics[0].config["cleanup.policy"], "compact");
         assert_eq!(topics[0].config["min.insync.replicas"], "2");
         assert_eq!(topics[0].partitions, 6);
-        assert_eq!(topics[1].config["cleanup.policy"], "compact,delete", "the spec may add delete to retained");
+        assert_eq!(
+            topics[1].config["cleanup.policy"], "compact,delete",
+            "the spec may add delete to retained"
+        );
         assert!(!topics[2].config.contains_key("cleanup.policy"));
         assert_eq!(topics[3].role, TopicRole::Messages);
         assert_eq!((topics[3].partitions, topics[3].replication_factor), (24, 3));
@@ -601,7 +608,12 @@ mod tests {
 
     #[test]
     fn a_missing_topic_is_created() {
-        let plan = plan(&topic(TopicRole::Sessions, 3, &[]), None, TopicConfigPolicy::Converge, "k");
+        let plan = plan(
+            &topic(TopicRole::Sessions, 3, &[]),
+            None,
+            TopicConfigPolicy::Converge,
+            "k",
+        );
         assert_eq!(plan.steps, [Step::Create]);
         assert!(plan.problems.is_empty());
     }
@@ -610,11 +622,21 @@ mod tests {
     fn a_topic_as_specified_needs_nothing() {
         let plan = plan(
             &topic(TopicRole::Sessions, 3, &[("cleanup.policy", "compact")]),
-            Some(&observed(3, 1, &[("cleanup.policy", "compact", true), ("retention.ms", "1", false)])),
+            Some(&observed(
+                3,
+                1,
+                &[("cleanup.policy", "compact", true), ("retention.ms", "1", false)],
+            )),
             TopicConfigPolicy::Converge,
             "k",
         );
-        assert_eq!(plan, TopicPlan { steps: vec![], problems: vec![] });
+        assert_eq!(
+            plan,
+            TopicPlan {
+                steps: vec![],
+                problems: vec![]
+            }
+        );
     }
 
     #[test]
@@ -624,7 +646,11 @@ mod tests {
             Some(&observed(
                 3,
                 1,
-                &[("cleanup.policy", "delete", true), ("max.message.bytes", "2000000", true), ("retention.ms", "7", false)],
+                &[
+                    ("cleanup.policy", "delete", true),
+                    ("max.message.bytes", "2000000", true),
+                    ("retention.ms", "7", false),
+                ],
             )),
             TopicConfigPolicy::Converge,
             "k",
@@ -675,29 +701,60 @@ mod tests {
             "k",
         );
         assert_eq!(plan.problems[0].reason, ProblemReason::TopicConfigDrift);
-        assert!(plan.problems[0].message.contains("retention.ms is 200, the spec asks 100"));
+        assert!(
+            plan.problems[0]
+                .message
+                .contains("retention.ms is 200, the spec asks 100")
+        );
     }
 
     #[test]
     fn partitions_grow_only_on_messages_topics_and_never_shrink() {
-        let grow = plan(&topic(TopicRole::Messages, 6, &[]), Some(&observed(3, 1, &[])), TopicConfigPolicy::Converge, "k");
+        let grow = plan(
+            &topic(TopicRole::Messages, 6, &[]),
+            Some(&observed(3, 1, &[])),
+            TopicConfigPolicy::Converge,
+            "k",
+        );
         assert_eq!(grow.steps, [Step::AddPartitions(6)]);
 
-        let keyed = plan(&topic(TopicRole::Sessions, 6, &[]), Some(&observed(3, 1, &[])), TopicConfigPolicy::Converge, "k");
+        let keyed = plan(
+            &topic(TopicRole::Sessions, 6, &[]),
+            Some(&observed(3, 1, &[])),
+            TopicConfigPolicy::Converge,
+            "k",
+        );
         assert!(keyed.steps.is_empty());
         assert_eq!(keyed.problems[0].reason, ProblemReason::PartitionsChangeRefused);
-        assert!(keyed.problems[0].message.contains("spec.kafka.topics.sessions.partitions to 3"));
+        assert!(
+            keyed.problems[0]
+                .message
+                .contains("spec.kafka.topics.sessions.partitions to 3")
+        );
 
-        let shrink = plan(&topic(TopicRole::Messages, 3, &[]), Some(&observed(6, 1, &[])), TopicConfigPolicy::Converge, "k");
+        let shrink = plan(
+            &topic(TopicRole::Messages, 3, &[]),
+            Some(&observed(6, 1, &[])),
+            TopicConfigPolicy::Converge,
+            "k",
+        );
         assert!(shrink.steps.is_empty());
         assert_eq!(shrink.problems[0].reason, ProblemReason::PartitionsShrinkRefused);
-        assert!(shrink.problems[0].message.contains("set spec.kafka.topics.messages.partitions to 6"));
+        assert!(
+            shrink.problems[0]
+                .message
+                .contains("set spec.kafka.topics.messages.partitions to 6")
+        );
     }
 
     #[test]
     fn replication_factor_is_checked_only_when_the_spec_fixes_it() {
         let mut wanted = topic(TopicRole::Messages, 3, &[]);
-        assert!(plan(&wanted, Some(&observed(3, 1, &[])), TopicConfigPolicy::Converge, "k").problems.is_empty());
+        assert!(
+            plan(&wanted, Some(&observed(3, 1, &[])), TopicConfigPolicy::Converge, "k")
+                .problems
+                .is_empty()
+        );
         wanted.replication_factor = 3;
         let problems = plan(&wanted, Some(&observed(3, 1, &[])), TopicConfigPolicy::Converge, "k").problems;
         assert_eq!(problems[0].reason, ProblemReason::ReplicationFactorMismatch);
@@ -707,9 +764,21 @@ mod tests {
     fn report_is_ready_only_when_every_topic_is() {
         let mut report = TopicReport::default();
         assert!(!report.all_ready(), "no topics read yet");
-        report.topics.push(TopicStatus { name: "a".into(), role: "sessions".into(), partitions: 1, ready: true, message: None });
+        report.topics.push(TopicStatus {
+            name: "a".into(),
+            role: "sessions".into(),
+            partitions: 1,
+            ready: true,
+            message: None,
+        });
         assert!(report.all_ready());
-        report.topics.push(TopicStatus { name: "b".into(), role: "messages".into(), partitions: 1, ready: false, message: None });
+        report.topics.push(TopicStatus {
+            name: "b".into(),
+            role: "messages".into(),
+            partitions: 1,
+            ready: false,
+            message: None,
+        });
         assert!(!report.all_ready());
     }
 }

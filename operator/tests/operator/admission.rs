@@ -1,7 +1,8 @@
 //! Invalid resources are refused by the apiserver with a message naming the field: the
 //! CRD's schema and CEL rules, no operator needed.
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
+use mqtt_kafka_operator::crd::MqttKafkaProxy;
 use serde_json::{Value, json};
 
 use crate::support::{TestEnv, env};
@@ -13,11 +14,14 @@ async fn rejection(env: &TestEnv, name: &str, spec: Value) -> String {
         "metadata": {"name": name, "namespace": env.namespace},
         "spec": spec
     });
-    match env
-        .proxies()
-        .patch(name, &PatchParams::apply("tests"), &Patch::Apply(&object))
-        .await
-    {
+    // A plain create, as `kubectl create` does: the object reaches validation as sent.
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.namespace,
+        &ApiResource::erase::<MqttKafkaProxy>(&()),
+    );
+    let object: DynamicObject = serde_json::from_value(object).expect("object");
+    match api.create(&PostParams::default(), &object).await {
         Ok(_) => panic!("{name} was accepted"),
         Err(kube::Error::Api(status)) => {
             assert_eq!(status.code, 422, "{status:?}");
@@ -63,17 +67,29 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
         ),
         (
             "tls-on-tcp",
-            with(base.clone(), "listeners", json!([{"name": "mqtt", "port": 1883, "tls": {"secretName": "s"}}])),
+            with(
+                base.clone(),
+                "listeners",
+                json!([{"name": "mqtt", "port": 1883, "tls": {"secretName": "s"}}]),
+            ),
             &["spec.listeners[0].tls", "only allowed on a listener with protocol tls"],
         ),
         (
             "duplicate-listener",
-            with(base.clone(), "listeners", json!([{"name": "mqtt", "port": 1883}, {"name": "mqtt", "port": 1884}])),
+            with(
+                base.clone(),
+                "listeners",
+                json!([{"name": "mqtt", "port": 1883}, {"name": "mqtt", "port": 1884}]),
+            ),
             &["spec.listeners[1]", "Duplicate value"],
         ),
         (
             "duplicate-port",
-            with(base.clone(), "listeners", json!([{"name": "a", "port": 1883}, {"name": "b", "port": 1883}])),
+            with(
+                base.clone(),
+                "listeners",
+                json!([{"name": "a", "port": 1883}, {"name": "b", "port": 1883}]),
+            ),
             &["spec.listeners", "port must be unique"],
         ),
         (
@@ -88,7 +104,11 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
         ),
         (
             "reference-without-instance",
-            with(base.clone(), "cluster", json!({"serverReference": "mqtt.example.com:1883"})),
+            with(
+                base.clone(),
+                "cluster",
+                json!({"serverReference": "mqtt.example.com:1883"}),
+            ),
             &["spec.cluster.serverReference", "must contain {instance}"],
         ),
         (
@@ -125,8 +145,15 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
         ),
         (
             "both-pdb-bounds",
-            with(base.clone(), "podDisruptionBudget", json!({"minAvailable": 1, "maxUnavailable": 1})),
-            &["spec.podDisruptionBudget", "at most one of minAvailable and maxUnavailable"],
+            with(
+                base.clone(),
+                "podDisruptionBudget",
+                json!({"minAvailable": 1, "maxUnavailable": 1}),
+            ),
+            &[
+                "spec.podDisruptionBudget",
+                "at most one of minAvailable and maxUnavailable",
+            ],
         ),
         (
             "jwt-keys-and-secret",
@@ -136,11 +163,6 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
                 json!({"jwt": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "a"}], "jwksSecret": {"name": "s", "key": "k"}}}),
             ),
             &["spec.authorization.jwt", "exactly one of keys and jwksSecret"],
-        ),
-        (
-            "unknown-field",
-            with(base.clone(), "replicaz", json!(3)),
-            &["replicaz"],
         ),
     ];
     let mut failures = Vec::new();
@@ -153,6 +175,25 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Unknown fields are refused with strict field validation (what kubectl asks for).
+    let object = json!({
+        "apiVersion": "mqttkafka.io/v1alpha1",
+        "kind": "MqttKafkaProxy",
+        "metadata": {"name": "unknown-field", "namespace": env.namespace},
+        "spec": with(base.clone(), "replicaz", json!(3))
+    });
+    let strict = PatchParams::apply("tests").validation(ValidationDirective::Strict);
+    match env
+        .proxies()
+        .patch("unknown-field", &strict, &Patch::Apply(&object))
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert!(status.message.contains(".spec.replicaz"), "{}", status.message)
+        }
+        other => panic!("an unknown field was not refused: {other:?}"),
+    }
 
     // The base spec itself is accepted.
     env.apply("p", base).await;

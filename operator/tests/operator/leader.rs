@@ -23,8 +23,16 @@ fn lease(namespace: &str, identity: &str) -> LeaseSettings {
 #[tokio::test]
 async fn two_operator_replicas_only_one_reconciles() {
     let env = env("op-leader").await;
-    let a = Operator::start(env.client.clone(), &env.namespace, Some(lease(&env.namespace, "replica-a")));
-    let b = Operator::start(env.client.clone(), &env.namespace, Some(lease(&env.namespace, "replica-b")));
+    let a = Operator::start(
+        env.client.clone(),
+        &env.namespace,
+        Some(lease(&env.namespace, "replica-a")),
+    );
+    let b = Operator::start(
+        env.client.clone(),
+        &env.namespace,
+        Some(lease(&env.namespace, "replica-b")),
+    );
     let (leader, standby) = eventually("one replica leads", Duration::from_secs(20), || async {
         match (a.ctx.metrics.leader.get(), b.ctx.metrics.leader.get()) {
             (1, 0) => Some(("replica-a", "replica-b")),

@@ -3,6 +3,7 @@
 //! test in a namespace of its own with Kafka topics of its own.
 
 mod admission;
+mod chart;
 mod leader;
 mod reconcile;
 mod support;

@@ -65,27 +65,43 @@ async fn a_resource_becomes_every_object_with_owner_references_and_compacted_top
 
     let cm = env.api::<ConfigMap>().get("p-config").await.expect("ConfigMap");
     assert!(owned_by(&cm.metadata, &uid));
-    let yaml = cm.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config.yaml");
+    let yaml = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get("config.yaml"))
+        .expect("config.yaml");
     let config = Config::from_yaml_str(yaml).expect("the proxy reads the rendered config");
     assert_eq!(config.kafka.bootstrap_servers, env.bootstrap);
     assert_eq!(config.topics.sessions, env.topic("p-sessions"));
-    assert_eq!(config.cluster.server_reference.as_deref(), Some("{instance}.mqtt.example.com:1883"));
+    assert_eq!(
+        config.cluster.server_reference.as_deref(),
+        Some("{instance}.mqtt.example.com:1883")
+    );
     assert!(config.cluster.redirect.enabled);
     assert_eq!(config.listeners.len(), 2);
 
     let services = env.api::<Service>();
     let headless = services.get("p-headless").await.expect("headless Service");
     assert!(owned_by(&headless.metadata, &uid));
-    assert_eq!(headless.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()), Some("None"));
+    assert_eq!(
+        headless.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("None")
+    );
     let client = services.get("p").await.expect("client Service");
     assert!(owned_by(&client.metadata, &uid));
     assert_eq!(client.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("NodePort"));
-    assert_eq!(client.annotations().get("example.com/team").map(String::as_str), Some("iot"));
+    assert_eq!(
+        client.annotations().get("example.com/team").map(String::as_str),
+        Some("iot")
+    );
     for (ordinal, name) in ["p-0", "p-1"].iter().enumerate() {
         let pod_service = services.get(name).await.expect("per-pod Service");
         assert!(owned_by(&pod_service.metadata, &uid));
         assert_eq!(
-            pod_service.annotations().get("external-dns.alpha.kubernetes.io/hostname").cloned(),
+            pod_service
+                .annotations()
+                .get("external-dns.alpha.kubernetes.io/hostname")
+                .cloned(),
             Some(format!("p-{ordinal}.mqtt.example.com"))
         );
     }
@@ -95,30 +111,63 @@ async fn a_resource_becomes_every_object_with_owner_references_and_compacted_top
     let set_spec = set.spec.as_ref().expect("spec");
     assert_eq!(set_spec.replicas, Some(2));
     assert_eq!(set_spec.service_name.as_deref(), Some("p-headless"));
-    assert_eq!(template_hash(&set), stable_hash(yaml.as_bytes()), "the pods carry the config's hash");
+    assert_eq!(
+        template_hash(&set),
+        stable_hash(yaml.as_bytes()),
+        "the pods carry the config's hash"
+    );
     let pod = set_spec.template.spec.as_ref().expect("pod spec");
     let container = &pod.containers[0];
     assert_eq!(container.env.as_ref().expect("env")[0].name, "MQTT_KAFKA_INSTANCE_ID");
     assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
     assert_eq!(
-        container.security_context.as_ref().and_then(|s| s.read_only_root_filesystem),
+        container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem),
         Some(true)
     );
     assert_eq!(pod.service_account_name.as_deref(), Some("p"));
 
-    let pdb = env.api::<PodDisruptionBudget>().get("p").await.expect("PodDisruptionBudget");
+    let pdb = env
+        .api::<PodDisruptionBudget>()
+        .get("p")
+        .await
+        .expect("PodDisruptionBudget");
     assert!(owned_by(&pdb.metadata, &uid));
 
     // Topics: created, sessions and retained compacted, the spec's configs applied.
-    assert_eq!(env.topic_config(&env.topic("p-sessions"), "cleanup.policy").await.as_deref(), Some("compact"));
-    assert_eq!(env.topic_config(&env.topic("p-retained"), "cleanup.policy").await.as_deref(), Some("compact"));
-    assert_eq!(env.topic_config(&env.topic("p-messages"), "cleanup.policy").await.as_deref(), Some("delete"));
-    assert_eq!(env.topic_config(&env.topic("p-messages"), "retention.ms").await.as_deref(), Some("3600000"));
+    assert_eq!(
+        env.topic_config(&env.topic("p-sessions"), "cleanup.policy")
+            .await
+            .as_deref(),
+        Some("compact")
+    );
+    assert_eq!(
+        env.topic_config(&env.topic("p-retained"), "cleanup.policy")
+            .await
+            .as_deref(),
+        Some("compact")
+    );
+    assert_eq!(
+        env.topic_config(&env.topic("p-messages"), "cleanup.policy")
+            .await
+            .as_deref(),
+        Some("delete")
+    );
+    assert_eq!(
+        env.topic_config(&env.topic("p-messages"), "retention.ms")
+            .await
+            .as_deref(),
+        Some("3600000")
+    );
     assert_eq!(env.partitions(&env.topic("p-sessions")), Some(3));
 
     // Status: what a person and an HPA need.
     let proxy = env
-        .status_where("p", "2 pods exist", |p| p.status.as_ref().is_some_and(|s| s.replicas == 2))
+        .status_where("p", "2 pods exist", |p| {
+            p.status.as_ref().is_some_and(|s| s.replicas == 2)
+        })
         .await;
     let status = proxy.status.as_ref().expect("status");
     assert_eq!(status.ready_replicas, 0, "no kubelet here: pods never become ready");
@@ -131,14 +180,31 @@ async fn a_resource_becomes_every_object_with_owner_references_and_compacted_top
         .iter()
         .map(|r| (r.pod.as_str(), r.server_reference.as_str()))
         .collect();
-    assert_eq!(references, [("p-0", "p-0.mqtt.example.com:1883"), ("p-1", "p-1.mqtt.example.com:1883")]);
+    assert_eq!(
+        references,
+        [
+            ("p-0", "p-0.mqtt.example.com:1883"),
+            ("p-1", "p-1.mqtt.example.com:1883")
+        ]
+    );
     let topics: Vec<(&str, &str, i32, bool)> = status
         .topics
         .iter()
         .map(|t| (t.role.as_str(), t.name.as_str(), t.partitions, t.ready))
         .collect();
-    let (s, r, m) = (env.topic("p-sessions"), env.topic("p-retained"), env.topic("p-messages"));
-    assert_eq!(topics, [("sessions", s.as_str(), 3, true), ("retained", r.as_str(), 3, true), ("messages", m.as_str(), 3, true)]);
+    let (s, r, m) = (
+        env.topic("p-sessions"),
+        env.topic("p-retained"),
+        env.topic("p-messages"),
+    );
+    assert_eq!(
+        topics,
+        [
+            ("sessions", s.as_str(), 3, true),
+            ("retained", r.as_str(), 3, true),
+            ("messages", m.as_str(), 3, true)
+        ]
+    );
     let ready = condition(&proxy, "Ready").expect("Ready");
     assert_eq!((ready.0.as_str(), ready.1.as_str()), ("False", "PodsNotReady"));
     assert!(ready.2.contains("kubectl -n"), "{}", ready.2);
@@ -146,7 +212,9 @@ async fn a_resource_becomes_every_object_with_owner_references_and_compacted_top
     assert!(condition_is(&proxy, "Progressing", "True"));
     let events = env.event_reasons("p").await;
     assert!(
-        events.iter().any(|(reason, note)| reason == "TopicCreated" && note.contains(&s)),
+        events
+            .iter()
+            .any(|(reason, note)| reason == "TopicCreated" && note.contains(&s)),
         "{events:?}"
     );
 
@@ -172,11 +240,42 @@ async fn a_spec_change_rolls_the_statefulset_and_an_idle_resource_is_left_alone(
         let mut v = BTreeMap::new();
         v.insert("mkp", env.proxies().get("p").await.expect("mkp").resource_version());
         v.insert("sts", sets.get("p").await.expect("sts").resource_version());
-        v.insert("cm", env.api::<ConfigMap>().get("p-config").await.expect("cm").resource_version());
-        v.insert("svc", env.api::<Service>().get("p").await.expect("svc").resource_version());
-        v.insert("headless", env.api::<Service>().get("p-headless").await.expect("svc").resource_version());
-        v.insert("pdb", env.api::<PodDisruptionBudget>().get("p").await.expect("pdb").resource_version());
-        v.insert("sa", env.api::<ServiceAccount>().get("p").await.expect("sa").resource_version());
+        v.insert(
+            "cm",
+            env.api::<ConfigMap>()
+                .get("p-config")
+                .await
+                .expect("cm")
+                .resource_version(),
+        );
+        v.insert(
+            "svc",
+            env.api::<Service>().get("p").await.expect("svc").resource_version(),
+        );
+        v.insert(
+            "headless",
+            env.api::<Service>()
+                .get("p-headless")
+                .await
+                .expect("svc")
+                .resource_version(),
+        );
+        v.insert(
+            "pdb",
+            env.api::<PodDisruptionBudget>()
+                .get("p")
+                .await
+                .expect("pdb")
+                .resource_version(),
+        );
+        v.insert(
+            "sa",
+            env.api::<ServiceAccount>()
+                .get("p")
+                .await
+                .expect("sa")
+                .resource_version(),
+        );
         v
     };
     let before = versions().await;
@@ -195,9 +294,16 @@ async fn a_spec_change_rolls_the_statefulset_and_an_idle_resource_is_left_alone(
     spec["image"] = json!("registry.example/mqtt-kafka-proxy:next");
     let applied_at = Instant::now();
     env.apply("p", spec.clone()).await;
-    let updated = eventually("the StatefulSet runs the new image", Duration::from_secs(10), || async {
-        sets.get("p").await.ok().filter(|s| image(s) == "registry.example/mqtt-kafka-proxy:next")
-    })
+    let updated = eventually(
+        "the StatefulSet runs the new image",
+        Duration::from_secs(10),
+        || async {
+            sets.get("p")
+                .await
+                .ok()
+                .filter(|s| image(s) == "registry.example/mqtt-kafka-proxy:next")
+        },
+    )
     .await;
     let latency = applied_at.elapsed();
     println!("apply of a spec change -> StatefulSet updated: {latency:?}");
@@ -208,7 +314,10 @@ async fn a_spec_change_rolls_the_statefulset_and_an_idle_resource_is_left_alone(
     spec["mqtt"] = json!({"receiveMaximum": 10});
     env.apply("p", spec.clone()).await;
     let rolled = eventually("the config hash changes", Duration::from_secs(10), || async {
-        sets.get("p").await.ok().filter(|s| template_hash(s) != template_hash(&first))
+        sets.get("p")
+            .await
+            .ok()
+            .filter(|s| template_hash(s) != template_hash(&first))
     })
     .await;
     let cm = env.api::<ConfigMap>().get("p-config").await.expect("cm");
@@ -220,7 +329,10 @@ async fn a_spec_change_rolls_the_statefulset_and_an_idle_resource_is_left_alone(
     spec["replicas"] = json!(3);
     env.apply("p", spec).await;
     let scaled = eventually("3 replicas", Duration::from_secs(10), || async {
-        sets.get("p").await.ok().filter(|s| s.spec.as_ref().and_then(|s| s.replicas) == Some(3))
+        sets.get("p")
+            .await
+            .ok()
+            .filter(|s| s.spec.as_ref().and_then(|s| s.replicas) == Some(3))
     })
     .await;
     assert_eq!(
@@ -237,7 +349,10 @@ async fn a_spec_change_rolls_the_statefulset_and_an_idle_resource_is_left_alone(
     .await
     .expect("patch");
     eventually("the operator restores replicas", Duration::from_secs(10), || async {
-        sets.get("p").await.ok().filter(|s| s.spec.as_ref().and_then(|s| s.replicas) == Some(3))
+        sets.get("p")
+            .await
+            .ok()
+            .filter(|s| s.spec.as_ref().and_then(|s| s.replicas) == Some(3))
     })
     .await;
 
@@ -266,17 +381,26 @@ async fn kubectl_scale_changes_replicas_status_and_per_pod_services_and_an_hpa_c
     assert_eq!(set.spec.as_ref().and_then(|s| s.replicas), Some(3));
     let services = env.api::<Service>();
     for name in ["p-0", "p-1", "p-2"] {
-        services.get(name).await.unwrap_or_else(|e| panic!("per-pod Service {name}: {e}"));
+        services
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("per-pod Service {name}: {e}"));
     }
     let scale = kubectl(&[
         "get",
         "--raw",
-        &format!("/apis/mqttkafka.io/v1alpha1/namespaces/{}/mqttkafkaproxies/p/scale", env.namespace),
+        &format!(
+            "/apis/mqttkafka.io/v1alpha1/namespaces/{}/mqttkafkaproxies/p/scale",
+            env.namespace
+        ),
     ]);
     let scale: serde_json::Value = serde_json::from_str(&scale).expect("scale json");
     assert_eq!(scale["spec"]["replicas"], json!(3));
     assert_eq!(scale["status"]["replicas"], json!(3));
-    assert_eq!(scale["status"]["selector"], json!("app.kubernetes.io/instance=p,app.kubernetes.io/name=mqtt-kafka-proxy"));
+    assert_eq!(
+        scale["status"]["selector"],
+        json!("app.kubernetes.io/instance=p,app.kubernetes.io/name=mqtt-kafka-proxy")
+    );
 
     // Scaling down deletes the per-pod Services of the pods that went away.
     kubectl(&["-n", &env.namespace, "scale", "mkp/p", "--replicas=1"]);
@@ -332,7 +456,11 @@ async fn an_invalid_proxy_config_is_reported_in_status_naming_the_field() {
         .await;
     let degraded = condition(&proxy, "Degraded").expect("Degraded");
     assert_eq!(degraded.1, "InvalidSpec");
-    assert!(degraded.2.contains("spec.clients[0]: must contain {identity}"), "{}", degraded.2);
+    assert!(
+        degraded.2.contains("spec.clients[0]: must contain {identity}"),
+        "{}",
+        degraded.2
+    );
     assert!(
         env.api::<StatefulSet>().get_opt("p").await.expect("get").is_none(),
         "an invalid spec changes nothing"
@@ -345,7 +473,10 @@ async fn an_invalid_proxy_config_is_reported_in_status_naming_the_field() {
     env.apply("p", spec).await;
     env.status_where("p", "recovered", |p| condition_is(p, "Degraded", "False"))
         .await;
-    env.api::<StatefulSet>().get("p").await.expect("StatefulSet created once valid");
+    env.api::<StatefulSet>()
+        .get("p")
+        .await
+        .expect("StatefulSet created once valid");
 
     operator.stop().await;
     env.cleanup().await;
@@ -364,7 +495,10 @@ async fn deleting_the_resource_collects_its_objects_and_keeps_its_topics_unless_
             .await;
     }
     let keep = env.proxies().get("keep").await.expect("keep");
-    assert!(keep.finalizers().is_empty(), "a resource that keeps its topics needs no finalizer");
+    assert!(
+        keep.finalizers().is_empty(),
+        "a resource that keeps its topics needs no finalizer"
+    );
     let drop = env.proxies().get("drop").await.expect("drop");
     assert_eq!(drop.finalizers(), ["mqttkafka.io/delete-topics"]);
     env.api::<StatefulSet>().get("keep").await.expect("sts");

@@ -33,6 +33,11 @@ pub struct TestEnv {
 /// Connects to the live environment (failing, never skipping, when it is down), installs
 /// the CRD and creates a namespace.
 pub async fn env(prefix: &str) -> TestEnv {
+    // RUST_LOG=mqtt_kafka_operator=debug shows what the in-process operator does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let client = mqtt_kafka_testenv::kube().await.unwrap_or_else(|e| panic!("{e}"));
     let bootstrap = mqtt_kafka_testenv::kafka().await.unwrap_or_else(|e| panic!("{e}"));
     install_crd(&client).await;
@@ -123,7 +128,12 @@ impl TestEnv {
 
     /// Waits until the resource's status describes its current generation and `check`
     /// holds for it.
-    pub async fn status_where(&self, name: &str, what: &str, check: impl Fn(&MqttKafkaProxy) -> bool) -> MqttKafkaProxy {
+    pub async fn status_where(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&MqttKafkaProxy) -> bool,
+    ) -> MqttKafkaProxy {
         let proxies = self.proxies();
         eventually(what, Duration::from_secs(30), || async {
             let proxy = proxies.get(name).await.ok()?;
@@ -207,9 +217,14 @@ impl Operator {
         let metrics = Metrics::new().expect("metrics");
         let ctx = Arc::new(Context::new(client, metrics, test_settings(&instance)));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(election::run(Arc::clone(&ctx), Some(namespace.to_owned()), lease, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(election::run(
+            Arc::clone(&ctx),
+            Some(namespace.to_owned()),
+            lease,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Operator {
             ctx,
             stop: Some(stop),
@@ -244,7 +259,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -278,7 +296,12 @@ pub fn tool(name: &str) -> PathBuf {
         .or_else(|| mqtt_kafka_testenv::parse_env_file(&env).get("MQTT_KAFKA_BIN").cloned())
         .unwrap_or_else(|| panic!("no MQTT_KAFKA_BIN; {}", mqtt_kafka_testenv::START_HINT));
     let path = PathBuf::from(bin).join(name);
-    assert!(path.is_file(), "{} missing; {}", path.display(), mqtt_kafka_testenv::START_HINT);
+    assert!(
+        path.is_file(),
+        "{} missing; {}",
+        path.display(),
+        mqtt_kafka_testenv::START_HINT
+    );
     path
 }
 

@@ -23,9 +23,13 @@ async fn a_drifted_topic_config_is_reverted() {
 
     // Someone makes the sessions topic non-compacted and changes retention of messages,
     // and sets an unrelated config the spec does not mention.
-    admin::alter_topic_configs(&env.admin, &sessions, &BTreeMap::from([("cleanup.policy".into(), "delete".into())]))
-        .await
-        .expect("alter sessions");
+    admin::alter_topic_configs(
+        &env.admin,
+        &sessions,
+        &BTreeMap::from([("cleanup.policy".into(), "delete".into())]),
+    )
+    .await
+    .expect("alter sessions");
     admin::alter_topic_configs(
         &env.admin,
         &messages,
@@ -36,7 +40,10 @@ async fn a_drifted_topic_config_is_reverted() {
     )
     .await
     .expect("alter messages");
-    assert_eq!(env.topic_config(&sessions, "cleanup.policy").await.as_deref(), Some("delete"));
+    assert_eq!(
+        env.topic_config(&sessions, "cleanup.policy").await.as_deref(),
+        Some("delete")
+    );
 
     eventually("the operator reverts the drift", Duration::from_secs(20), || async {
         let policy = env.topic_config(&sessions, "cleanup.policy").await?;
@@ -109,9 +116,19 @@ async fn what_cannot_or_may_not_be_fixed_is_reported_with_how_to_fix_it() {
     );
     assert!(degraded.2.contains("Kafka cannot remove partitions"), "{}", degraded.2);
     let topics_ready = condition(&proxy, "TopicsReady").expect("TopicsReady");
-    assert_eq!((topics_ready.0.as_str(), topics_ready.1.as_str()), ("False", "SessionsTopicNotCompacted"));
+    assert_eq!(
+        (topics_ready.0.as_str(), topics_ready.1.as_str()),
+        ("False", "SessionsTopicNotCompacted")
+    );
     let status = proxy.status.as_ref().expect("status");
-    let by_name = |name: &str| status.topics.iter().find(|t| t.name == name).cloned().expect("topic status");
+    let by_name = |name: &str| {
+        status
+            .topics
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .expect("topic status")
+    };
     assert!(!by_name(&sessions).ready);
     let messages_status = by_name(&messages);
     assert_eq!((messages_status.partitions, messages_status.ready), (5, false));
@@ -122,7 +139,10 @@ async fn what_cannot_or_may_not_be_fixed_is_reported_with_how_to_fix_it() {
             .is_some_and(|m| m.contains("set spec.kafka.topics.messages.partitions to 5")),
         "{messages_status:?}"
     );
-    assert!(by_name(&env.topic("p-retained")).ready, "the missing retained topic was created");
+    assert!(
+        by_name(&env.topic("p-retained")).ready,
+        "the missing retained topic was created"
+    );
     assert!(
         env.event_reasons("p")
             .await
@@ -132,7 +152,10 @@ async fn what_cannot_or_may_not_be_fixed_is_reported_with_how_to_fix_it() {
 
     // Reported, not touched; partitions never shrink.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(env.topic_config(&sessions, "cleanup.policy").await.as_deref(), Some("delete"));
+    assert_eq!(
+        env.topic_config(&sessions, "cleanup.policy").await.as_deref(),
+        Some("delete")
+    );
     assert_eq!(env.partitions(&messages), Some(5));
 
     // Following the advice recovers: converge the config, match the partitions.
@@ -141,7 +164,10 @@ async fn what_cannot_or_may_not_be_fixed_is_reported_with_how_to_fix_it() {
     env.apply("p", spec).await;
     env.status_where("p", "recovered", |p| condition_is(p, "TopicsReady", "True"))
         .await;
-    assert_eq!(env.topic_config(&sessions, "cleanup.policy").await.as_deref(), Some("compact"));
+    assert_eq!(
+        env.topic_config(&sessions, "cleanup.policy").await.as_deref(),
+        Some("compact")
+    );
 
     operator.stop().await;
     env.cleanup().await;
