@@ -6,10 +6,10 @@
 //!    nothing and is reported as `Degraded` / `InvalidSpec`;
 //! 3. topics: create / converge them in Kafka (at most once per resync interval unless the
 //!    spec changed);
-//! 4. objects: build each with a pure builder and server-side apply it with one field
-//!    manager, unless it already is as built (no write, so no watch event, so no loop);
-//!    delete owned objects no longer wanted (per-pod Services after scaling down, a
-//!    disabled PodDisruptionBudget);
+//! 4. objects, concurrently with 3: build each with a pure builder and server-side apply
+//!    it with one field manager, unless it already is as built (no write, so no watch
+//!    event, so no loop); delete owned objects no longer wanted (per-pod Services after
+//!    scaling down, a disabled PodDisruptionBudget);
 //! 5. status: computed by `status::compute`, written only when it changed; Events for
 //!    condition transitions and topic changes.
 
@@ -332,8 +332,11 @@ async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Act
         }
     };
 
-    let report = check_topics(proxy, ctx).await;
-    let (set, apply_error) = match apply_objects(proxy, ctx, &rendered).await {
+    // Topics and objects do not depend on each other: a spec change reaches the
+    // StatefulSet without waiting for Kafka round trips (and a Kafka outage does not hold
+    // the objects back).
+    let (report, applied) = tokio::join!(check_topics(proxy, ctx), apply_objects(proxy, ctx, &rendered));
+    let (set, apply_error) = match applied {
         Ok(set) => (Some(set), None),
         Err(err) => (sets.get_opt(&proxy.name_any()).await.ok().flatten(), Some(err)),
     };
