@@ -28,6 +28,26 @@ pub struct TestEnv {
     /// Prefix of this test's Kafka topics.
     pub topic_prefix: String,
     pub admin: Arc<Admin>,
+    cleaned: bool,
+}
+
+impl Drop for TestEnv {
+    /// A test that failed never reached `cleanup`: delete its namespace anyway (kubectl,
+    /// because the async client cannot be driven from a destructor).
+    fn drop(&mut self) {
+        if !self.cleaned {
+            let _ = std::process::Command::new(tool("kubectl"))
+                .args(["delete", "namespace", &self.namespace, "--wait=false"])
+                .env("KUBECONFIG", kubeconfig_path())
+                .output();
+        }
+    }
+}
+
+fn kubeconfig_path() -> PathBuf {
+    mqtt_kafka_testenv::TestEnv::load()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .kubeconfig
 }
 
 /// Connects to the live environment (failing, never skipping, when it is down), installs
@@ -54,6 +74,7 @@ pub async fn env(prefix: &str) -> TestEnv {
         topic_prefix: namespace.clone(),
         namespace,
         admin,
+        cleaned: false,
     }
 }
 
@@ -144,7 +165,8 @@ impl TestEnv {
     }
 
     /// Deletes the namespace and this test's topics.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;
@@ -307,12 +329,9 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// Runs kubectl against the environment's apiserver; returns stdout, panics with stderr.
 pub fn kubectl(args: &[&str]) -> String {
-    let kubeconfig = mqtt_kafka_testenv::TestEnv::load()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .kubeconfig;
     let out = std::process::Command::new(tool("kubectl"))
         .args(args)
-        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECONFIG", kubeconfig_path())
         .output()
         .expect("run kubectl");
     assert!(
