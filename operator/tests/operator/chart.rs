@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams};
+use kube::api::DeleteParams;
 use kube::{Client, CustomResourceExt};
 use mqtt_kafka_operator::crd::MqttKafkaProxy;
 use mqtt_kafka_operator::election::LeaseSettings;
@@ -182,12 +181,14 @@ async fn impersonating(user: &str, namespace: &str) -> Client {
 
 #[tokio::test]
 async fn the_charts_rbac_is_enough_for_the_operator() {
-    let env = env("op-rbac").await;
+    let mut env = env("op-rbac").await;
     install_crd(&env.client).await;
     // Install the chart's RBAC for real, for this namespace only, and run the operator as
     // its ServiceAccount.
     let release = env.namespace.clone();
     let fullname = format!("{release}-mqtt-kafka-operator");
+    env.delete_at_end(format!("clusterrole/{fullname}-crd"));
+    env.delete_at_end(format!("clusterrolebinding/{fullname}-crd"));
     let rendered = helm_template(
         &release,
         &env.namespace,
@@ -251,11 +252,5 @@ async fn the_charts_rbac_is_enough_for_the_operator() {
     );
 
     operator.stop().await;
-    let _ = Api::<ClusterRoleBinding>::all(env.client.clone())
-        .delete(&format!("{fullname}-crd"), &DeleteParams::default())
-        .await;
-    let _ = Api::<ClusterRole>::all(env.client.clone())
-        .delete(&format!("{fullname}-crd"), &DeleteParams::default())
-        .await;
     env.cleanup().await;
 }

@@ -29,6 +29,8 @@ pub struct TestEnv {
     pub topic_prefix: String,
     pub admin: Arc<Admin>,
     cleaned: bool,
+    /// Cluster-scoped objects this test made (`kind/name`), deleted with the namespace.
+    cluster_objects: Vec<String>,
 }
 
 impl Drop for TestEnv {
@@ -36,10 +38,7 @@ impl Drop for TestEnv {
     /// because the async client cannot be driven from a destructor).
     fn drop(&mut self) {
         if !self.cleaned {
-            let _ = std::process::Command::new(tool("kubectl"))
-                .args(["delete", "namespace", &self.namespace, "--wait=false"])
-                .env("KUBECONFIG", kubeconfig_path())
-                .output();
+            self.delete_with_kubectl();
         }
     }
 }
@@ -75,6 +74,7 @@ pub async fn env(prefix: &str) -> TestEnv {
         namespace,
         admin,
         cleaned: false,
+        cluster_objects: Vec::new(),
     }
 }
 
@@ -164,9 +164,28 @@ impl TestEnv {
         .await
     }
 
-    /// Deletes the namespace and this test's topics.
+    /// Deletes `kind/name` (cluster-scoped) when the test ends, whether it passes or not.
+    pub fn delete_at_end(&mut self, object: String) {
+        self.cluster_objects.push(object);
+    }
+
+    fn delete_with_kubectl(&self) {
+        let mut args = vec!["delete", "--wait=false", "--ignore-not-found"];
+        let namespace = format!("namespace/{}", self.namespace);
+        args.push(&namespace);
+        args.extend(self.cluster_objects.iter().map(String::as_str));
+        let _ = std::process::Command::new(tool("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig_path())
+            .output();
+    }
+
+    /// Deletes the namespace, cluster-scoped objects and this test's topics.
     pub async fn cleanup(mut self) {
         self.cleaned = true;
+        if !self.cluster_objects.is_empty() {
+            self.delete_with_kubectl();
+        }
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;

@@ -172,3 +172,33 @@ async fn what_cannot_or_may_not_be_fixed_is_reported_with_how_to_fix_it() {
     operator.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_kafka_is_reported_and_does_not_hold_the_objects_back() {
+    let env = env("op-nokafka").await;
+    let operator = env.operator();
+    let mut spec = env.spec("p");
+    spec["kafka"]["bootstrapServers"] = json!("127.0.0.1:1");
+    env.apply("p", spec).await;
+    let proxy = env
+        .status_where("p", "KafkaUnreachable", |p| {
+            condition(p, "TopicsReady").is_some_and(|c| c.1 == "KafkaUnreachable")
+        })
+        .await;
+    let topics_ready = condition(&proxy, "TopicsReady").expect("TopicsReady");
+    assert!(topics_ready.2.contains("127.0.0.1:1"), "{}", topics_ready.2);
+    assert!(
+        topics_ready.2.contains("check spec.kafka.bootstrapServers"),
+        "{}",
+        topics_ready.2
+    );
+    assert!(condition_is(&proxy, "Degraded", "True"));
+    env.api::<k8s_openapi::api::apps::v1::StatefulSet>()
+        .get("p")
+        .await
+        .expect("the StatefulSet exists although Kafka is down");
+    assert!(operator.ctx.metrics.errors.with_label_values(&["kafka"]).get() > 0);
+
+    operator.stop().await;
+    env.cleanup().await;
+}
