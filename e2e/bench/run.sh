@@ -46,13 +46,19 @@ measure() { # NAME PORT ARGS...
 
 results="$STATE"/bench/results.jsonl
 : > "$results"
+# Latency first, at a fixed rate, on a quiet system; then the bursts. A pause between runs
+# lets Kafka (its JVM) settle after a burst, for both brokers alike.
 for q in 0 1; do
-  measure proxy "$PROXY_PORT" throughput "$q" "$COUNT" | tee -a "$results"
-  measure mosquitto "$MOSQUITTO_PORT" throughput "$q" "$COUNT" | tee -a "$results"
+  for target in "proxy $PROXY_PORT" "mosquitto $MOSQUITTO_PORT"; do
+    measure $target latency "$q" "$RATE" "$SECONDS_AT_RATE" | tee -a "$results"
+    sleep 2
+  done
 done
 for q in 0 1; do
-  measure proxy "$PROXY_PORT" latency "$q" "$RATE" "$SECONDS_AT_RATE" | tee -a "$results"
-  measure mosquitto "$MOSQUITTO_PORT" latency "$q" "$RATE" "$SECONDS_AT_RATE" | tee -a "$results"
+  for target in "proxy $PROXY_PORT" "mosquitto $MOSQUITTO_PORT"; do
+    measure $target throughput "$q" "$COUNT" | tee -a "$results"
+    sleep 2
+  done
 done
 
 python3 - "$results" <<'PY'
