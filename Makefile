@@ -27,8 +27,10 @@ lint: ## cargo fmt --check and clippy only
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-crds: ## regenerate crds/ from the operator's types
+crds: ## regenerate crds/ from the operator's types, and deploy/ from the Helm chart
 	cargo run -q -p mqtt-kafka-operator --bin crdgen > crds/mqttkafkaproxies.mqttkafka.io.yaml
+	bash e2e/env/install-tools.sh helm
+	source e2e/env/lib.sh && HELM="$$BIN_DIR/helm-$$HELM_VERSION" bash deploy/render.sh > deploy/mqtt-kafka-operator.yaml
 
 bench: ## proxy vs Mosquitto on loopback: throughput and latency, with the ratio
 	@bash e2e/bench/run.sh

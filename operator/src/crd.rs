@@ -413,18 +413,8 @@ pub struct ListenerSpec {
     pub tls: Option<ListenerTlsSpec>,
 }
 
-/// Transport of a listener.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum ListenerProtocol {
-    /// MQTT over TCP.
-    #[default]
-    Tcp,
-    /// MQTT over TLS.
-    Tls,
-    /// MQTT over WebSocket (sub-protocol `mqtt`).
-    Websocket,
-}
+/// Transport of a listener: the proxy's own type, so the two cannot drift apart.
+pub use mqtt_kafka_proxy::config::ListenerProtocol;
 
 /// Certificate of a TLS listener.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

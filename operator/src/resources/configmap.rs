@@ -9,12 +9,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
-use mqtt_kafka_proxy::config::{
-    Admin, Cluster, Config, Guards, JwtGuard, Kafka, Listener, ListenerProtocol as ProxyProtocol, Tls, Topics,
-};
+use mqtt_kafka_proxy::config::{Admin, Cluster, Config, Guards, JwtGuard, Kafka, Listener, Tls, Topics};
 
 use super::{metadata, names, stable_hash};
-use crate::crd::{ADMIN_PORT, KafkaSpec, ListenerProtocol, MqttKafkaProxy, SecretKeyRef};
+use crate::crd::{ADMIN_PORT, KafkaSpec, MqttKafkaProxy, SecretKeyRef};
 
 /// Key of the config in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -138,11 +136,7 @@ pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
         .iter()
         .map(|l| Listener {
             name: l.name.clone(),
-            protocol: match l.protocol {
-                ListenerProtocol::Tcp => ProxyProtocol::Tcp,
-                ListenerProtocol::Tls => ProxyProtocol::Tls,
-                ListenerProtocol::Websocket => ProxyProtocol::Websocket,
-            },
+            protocol: l.protocol,
             address: format!("0.0.0.0:{}", l.port),
             path: l.path.clone(),
             tls: l.tls.as_ref().map(|_| Tls {
@@ -274,7 +268,7 @@ mod tests {
     use super::*;
     use crate::resources::tests::{minimal, proxy};
     use crate::resources::{is_owned_by, owner_reference};
-    use mqtt_kafka_proxy::config::{MqttVersion, Qos};
+    use mqtt_kafka_proxy::config::{ListenerProtocol, MqttVersion, Qos};
     use serde_json::json;
 
     #[test]
@@ -333,7 +327,7 @@ mod tests {
         assert_eq!(config.kafka.properties_from_env["sasl.password"], "KAFKA_SASL_PASSWORD");
         assert_eq!(config.kafka.properties_from_env["ssl.ca.pem"], "KAFKA_SSL_CA_PEM");
         assert_eq!(config.kafka.properties_from_env["ssl.key.pem"], "KAFKA_SSL_KEY_PEM");
-        assert_eq!(config.listeners[1].protocol, ProxyProtocol::Tls);
+        assert_eq!(config.listeners[1].protocol, ListenerProtocol::Tls);
         assert_eq!(
             config.listeners[1].tls.as_ref().map(|t| t.cert_file.as_str()),
             Some("/etc/mqtt-kafka/tls/mqtts/tls.crt")

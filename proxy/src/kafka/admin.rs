@@ -109,21 +109,12 @@ pub async fn create_missing(
     admin: &AdminClient<DefaultClientContext>,
     specs: &[TopicSpec],
 ) -> Result<Vec<String>, AdminError> {
-    let new_topics: Vec<NewTopic<'_>> = specs
-        .iter()
-        .map(|s| {
-            s.configs.iter().fold(
-                NewTopic::new(&s.name, s.partitions, TopicReplication::Fixed(s.replication)),
-                |t, (k, v)| t.set(k, v),
-            )
-        })
-        .collect();
     let mut created = Vec::new();
-    for result in admin.create_topics(new_topics.iter(), &options()).await? {
-        match result {
-            Ok(name) => created.push(name),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(AdminError::Create { topic, code }),
+    for (topic, outcome) in create_topics(admin, specs).await? {
+        match outcome {
+            CreateOutcome::Created => created.push(topic),
+            CreateOutcome::AlreadyExisted => {}
+            CreateOutcome::Failed(code) => return Err(AdminError::Create { topic, code }),
         }
     }
     for topic in &created {

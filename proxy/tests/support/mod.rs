@@ -122,33 +122,7 @@ impl Client {
         let mut options = MqttOptions::new(id, address.ip().to_string(), address.port());
         options.set_keep_alive(Duration::from_secs(30));
         adjust(&mut options);
-        let (client, mut eventloop) = AsyncClient::new(options, 100);
-        let (tx, mut incoming) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(packet)) => {
-                        if tx.send(Ok(packet)).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Event::Outgoing(_)) => {}
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                }
-            }
-        });
-        let connack = match tokio::time::timeout(WAIT, incoming.recv()).await {
-            Ok(Some(Ok(Packet::ConnAck(connack)))) => connack,
-            other => panic!("no CONNACK: {other:?}"),
-        };
-        Self {
-            client,
-            incoming,
-            connack,
-        }
+        Self::connect_options(options).await
     }
 
     /// Connects with exactly `options` (any listener, any transport, e.g. TLS).
