@@ -4,7 +4,7 @@
 # the committed CRD is not what crdgen prints.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-log() { printf '\n[test] %s\n' "$*"; }
+log() { printf '\n[test] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 SECONDS=0
 
 log "environment"

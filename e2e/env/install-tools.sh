@@ -23,7 +23,7 @@ install_kubernetes() {
   local want=(kube-apiserver kube-controller-manager kubectl etcd) b missing=0
   for b in "${want[@]}"; do [[ -x "$K8S_BIN_DIR/$b" ]] || missing=1; done
   ((missing == 0)) && return 0
-  log "building Kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kubectl) and etcd from Go modules; cold: ~15 min on 2 cores"
+  log "building Kubernetes $KUBERNETES_VERSION (kube-apiserver, kube-controller-manager, kubectl) and etcd from Go modules (cold: about 5 min on 2 cores)"
   local minor="${KUBERNETES_VERSION#v1.}"; minor="${minor%%.*}"
   local ldflags="-s -w"
   local pkg
