@@ -366,6 +366,19 @@ mod tests {
         }
     }
 
+    /// Status computed from a StatefulSet and a topic report, nothing else observed.
+    fn observe(proxy: &MqttKafkaProxy, sts: &StatefulSet, topics: &TopicReport, now: Time) -> MqttKafkaProxyStatus {
+        compute(
+            proxy,
+            Observed {
+                statefulset: Some(sts),
+                topics: Some(topics),
+                ..Observed::default()
+            },
+            now,
+        )
+    }
+
     fn get<'a>(status: &'a MqttKafkaProxyStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).expect("condition")
     }
@@ -375,15 +388,7 @@ mod tests {
         let proxy = minimal();
         let sts = settled(1, 1);
         let topics = good_topics();
-        let status = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&sts),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(10),
-        );
+        let status = observe(&proxy, &sts, &topics, at(10));
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!((status.replicas, status.ready_replicas), (1, 1));
         assert_eq!(
@@ -426,15 +431,7 @@ mod tests {
         let proxy = minimal();
         let sts = settled(1, 0);
         let topics = good_topics();
-        let status = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&sts),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(1),
-        );
+        let status = observe(&proxy, &sts, &topics, at(1));
         let ready = get(&status, READY);
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -466,15 +463,7 @@ mod tests {
                 ..StatefulSetStatus::default()
             },
         );
-        let status = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&unseen),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(1),
-        );
+        let status = observe(&proxy, &unseen, &topics, at(1));
         assert_eq!(get(&status, PROGRESSING).reason, "RollingOut");
         let rolling = set(
             2,
@@ -487,30 +476,14 @@ mod tests {
                 ..StatefulSetStatus::default()
             },
         );
-        let status = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&rolling),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(1),
-        );
+        let status = observe(&proxy, &rolling, &topics, at(1));
         assert_eq!(
             get(&status, PROGRESSING).message,
             "0 of 1 pods run the latest pod template"
         );
         proxy.spec.replicas = 3;
         let sts = settled(1, 1);
-        let status = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&sts),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(1),
-        );
+        let status = observe(&proxy, &sts, &topics, at(1));
         assert_eq!(
             (
                 get(&status, PROGRESSING).reason.as_str(),
@@ -532,15 +505,7 @@ mod tests {
             reason: ProblemReason::SessionsTopicNotCompacted,
             message: "fix it with kafka-configs.sh".into(),
         });
-        let status = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&sts),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(1),
-        );
+        let status = observe(&proxy, &sts, &topics, at(1));
         for type_ in [DEGRADED, TOPICS_READY, READY] {
             let c = get(&status, type_);
             assert_eq!(c.reason, "SessionsTopicNotCompacted", "{type_}");
@@ -636,15 +601,7 @@ mod tests {
         let proxy = minimal();
         let sts = settled(1, 0);
         let topics = good_topics();
-        let starting = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&sts),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(1),
-        );
+        let starting = observe(&proxy, &sts, &topics, at(1));
         let first = transitions(&[], &starting.conditions);
         let reasons: Vec<&str> = first.iter().map(|t| t.reason.as_str()).collect();
         assert!(
@@ -654,15 +611,7 @@ mod tests {
         assert!(transitions(&starting.conditions, &starting.conditions).is_empty());
 
         let ready_sts = settled(1, 1);
-        let ready = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&ready_sts),
-                topics: Some(&topics),
-                ..Observed::default()
-            },
-            at(2),
-        );
+        let ready = observe(&proxy, &ready_sts, &topics, at(2));
         let events = transitions(&starting.conditions, &ready.conditions);
         assert!(events.contains(&Transition {
             severity: Severity::Normal,
@@ -676,15 +625,7 @@ mod tests {
             reason: ProblemReason::TopicConfigDrift,
             message: "drift".into(),
         });
-        let degraded = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&ready_sts),
-                topics: Some(&bad),
-                ..Observed::default()
-            },
-            at(3),
-        );
+        let degraded = observe(&proxy, &ready_sts, &bad, at(3));
         let events = transitions(&ready.conditions, &degraded.conditions);
         assert!(
             events
