@@ -75,6 +75,8 @@ for qos in (0, 1):
         keys.insert(0, ("publish_msgs_per_sec", "acknowledged publish msg/s"))
     for key, label in keys:
         print(f"{'QoS %d %s' % (qos, label):44} {p[key]:>12.0f} {m[key]:>12.0f} {p[key] / m[key]:>11.2f}")
+    # A fast figure that lost messages is no figure: show what arrived.
+    print(f"{'QoS %d received of %d sent' % (qos, p['sent']):44} {p['received']:>12} {m['received']:>12}")
 for qos in (0, 1):
     p, m = get("proxy", "latency", qos), get("mosquitto", "latency", qos)
     for key in ("p50_ms", "p99_ms"):

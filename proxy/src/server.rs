@@ -55,6 +55,10 @@ pub enum ServerError {
     },
 }
 
+/// Deliveries that may wait for one connection before the fan-out drops (and counts)
+/// more: enough to absorb bursts, bounded so one stalled client cannot exhaust memory.
+const DELIVERY_QUEUE: usize = 16_384;
+
 /// Start-up choices that are not part of the config file.
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
@@ -218,7 +222,7 @@ async fn connect_kafka(
         IdentityPatterns::parse(&config.clients)?,
         Arc::clone(&publisher),
         Arc::clone(metrics),
-        1024,
+        DELIVERY_QUEUE,
     ));
     publisher.load_partitions(&hub.messages_topics()).await?;
 

@@ -335,3 +335,31 @@ async fn invalid_filters_get_a_negative_suback_and_unsubscribe_stops_delivery() 
 async fn subscribe_to(client: &mut Client, filter: &str) {
     subscribe(client, filter, QoS::AtLeastOnce).await;
 }
+
+#[tokio::test]
+async fn a_burst_of_qos0_messages_reaches_a_subscriber_whole_and_in_order() {
+    let proxy = TestProxy::start().await;
+    let mut sub = Client::connect(&proxy, "burst-sub").await;
+    subscribe(&mut sub, "burst/t", QoS::AtMostOnce).await;
+    let publisher = Client::connect(&proxy, "burst-pub").await;
+    const COUNT: u32 = 5000;
+    for i in 0..COUNT {
+        publisher
+            .client
+            .publish("burst/t", QoS::AtMostOnce, false, i.to_be_bytes().to_vec())
+            .await
+            .expect("publish");
+    }
+    for expected in 0..COUNT {
+        let p = sub.next_publish().await;
+        assert_eq!(
+            &p.payload[..],
+            expected.to_be_bytes(),
+            "message {expected} of the burst"
+        );
+    }
+    assert_eq!(
+        proxy.metric("mqtt_kafka_dropped_total{reason=\"queue_full\"}").await,
+        None
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytestring::ByteString;
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{SinkExt, StreamExt};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::types::{Publish, QoS};
@@ -34,6 +34,9 @@ use crate::mqtt::inflight::{AckOutcome, Inflight};
 use crate::mqtt::topic_alias::{InboundAliases, OutboundAliases, OutboundTopic};
 
 type Transport<S> = Framed<S, MqttCodec>;
+type Qos0Delivery = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+/// Deliveries written before one flush.
+const DELIVERY_BATCH: usize = 256;
 type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
 
 /// Serves one accepted byte stream until it closes. `connections` counts this process's
@@ -92,6 +95,7 @@ where
         in_aliases: InboundAliases::new(limits.topic_alias_maximum),
         pending_acks: FuturesOrdered::new(),
         pending_ids: HashSet::new(),
+        qos0_deliveries: FuturesUnordered::new(),
         qos2_received: HashSet::new(),
         will: connect.last_will.clone(),
     };
@@ -203,6 +207,8 @@ struct Connection {
     /// QoS 1/2 PUBLISHes waiting for Kafka, in arrival order (acks go out in that order).
     pending_acks: FuturesOrdered<PendingAck>,
     pending_ids: HashSet<u16>,
+    /// Kafka acknowledgements of QoS 0 PUBLISHes, only watched for errors.
+    qos0_deliveries: FuturesUnordered<Qos0Delivery>,
     /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
     qos2_received: HashSet<u16>,
     will: Option<LastWill>,
@@ -250,7 +256,24 @@ impl Connection {
                     }
                     None => Err(Ending::Abnormal(None)),
                 },
-                Some(outgoing) = deliveries.recv() => self.deliver(transport, outgoing).await,
+                Some(outgoing) = deliveries.recv() => {
+                    // Take what else is waiting too, so a burst is written with one flush
+                    // instead of one write per message.
+                    let mut step = self.deliver(transport, outgoing).await;
+                    let mut batch = 1;
+                    while step.is_ok() && batch < DELIVERY_BATCH {
+                        let Ok(next) = deliveries.try_recv() else { break };
+                        step = self.deliver(transport, next).await;
+                        batch += 1;
+                    }
+                    step
+                }
+                Some(result) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => {
+                    if let Err(error) = result {
+                        tracing::warn!(client_id = %self.client_id, %error, "QoS 0 message not stored in Kafka");
+                    }
+                    Ok(())
+                }
                 _ = &mut deadline => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
             };
             if let Err(ending) = step {
@@ -389,13 +412,9 @@ impl Connection {
         };
         let delivery = self.hub.publish(message);
         match packet_id {
-            None => {
-                tokio::spawn(async move {
-                    if let Err(error) = delivery.await {
-                        tracing::warn!(%error, "QoS 0 message not stored in Kafka");
-                    }
-                });
-            }
+            // Polled by the connection loop (no task per message); records are already
+            // queued in the producer, so they reach Kafka even if the connection ends first.
+            None => self.qos0_deliveries.push(Box::pin(delivery)),
             Some(id) => {
                 self.pending_ids.insert(id.get());
                 self.pending_acks
