@@ -50,7 +50,9 @@ impl Publisher {
             .set("enable.idempotence", "true")
             // Java-compatible key partitioning for records whose partition we do not set.
             .set("partitioner", "murmur2_random")
-            .set("linger.ms", "1")
+            // Latency first: a PUBACK waits for this round trip. librdkafka still batches
+            // what queues up while requests are in flight; `kafka.properties` may raise it.
+            .set("linger.ms", "0")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
         for (key, value) in properties {
             config.set(key, value);
