@@ -89,3 +89,41 @@ async fn an_unreachable_kafka_gives_readiness_false_and_set_up_is_retried() {
     assert!(!starting.is_finished(), "set-up keeps retrying instead of failing");
     starting.abort();
 }
+
+#[tokio::test]
+async fn a_sessions_topic_that_is_not_compacted_is_refused_with_the_fix() {
+    let bootstrap = mqtt_kafka_testenv::kafka().await.unwrap_or_else(|e| panic!("{e}"));
+    let prefix = mqtt_kafka_testenv::unique_name("t-uncompacted");
+    let mut config = Config::new(Kafka::new(bootstrap.clone()));
+    config.topics.sessions = format!("{prefix}-sessions");
+    config.topics.messages = format!("{prefix}-messages");
+    config.topics.retained = format!("{prefix}-retained");
+    config.admin.address = "127.0.0.1:0".into();
+    config.listeners[0].address = "127.0.0.1:0".into();
+    // The sessions topic exists already, with the default (delete) policy.
+    let admin = mqtt_kafka_proxy::kafka::admin::client(&bootstrap, &[]).expect("admin");
+    let sessions = mqtt_kafka_proxy::kafka::admin::TopicSpec {
+        name: config.topics.sessions.clone(),
+        partitions: 1,
+        replication: 1,
+        configs: Vec::new(),
+    };
+    mqtt_kafka_proxy::kafka::admin::create_missing(&admin, &[sessions])
+        .await
+        .expect("create");
+
+    let options = StartOptions {
+        create_topics: true,
+        partitions: 1,
+        retry_kafka: true,
+    };
+    let error = match server::start(config, options).await {
+        Ok(_) => panic!("started on a non-compacted sessions topic"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("cleanup.policy=delete") && error.contains("must be compacted"),
+        "{error}"
+    );
+    assert!(error.contains("kafka-configs.sh"), "says how to fix it: {error}");
+}
