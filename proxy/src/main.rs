@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         create_topics: cli.create_topics,
         partitions: cli.partitions,
         retry_kafka: true,
+        metadata_refresh: None,
     };
     let server = server::start(config, options).await.context("starting the proxy")?;
     tracing::info!(mqtt = ?server.mqtt_addresses, admin = %server.admin_address, "mqtt-kafka-proxy running");

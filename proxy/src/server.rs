@@ -69,6 +69,8 @@ pub struct StartOptions {
     /// Keep retrying Kafka set-up while Kafka cannot be reached (the binary does; tests
     /// want the error).
     pub retry_kafka: bool,
+    /// How often partition counts are looked up again (default 30 s): topics may grow.
+    pub metadata_refresh: Option<Duration>,
 }
 
 /// A running proxy. Dropping it stops its tasks.
@@ -227,11 +229,18 @@ async fn connect_kafka(
     publisher.load_partitions(&hub.messages_topics()).await?;
 
     let mut tasks = Vec::new();
+    let refresh = options.metadata_refresh.unwrap_or(Duration::from_secs(30));
     let sink: Arc<dyn RecordSink> = hub.clone();
     for topic in hub.messages_topics() {
-        tasks.push(consumer::start_fanout(&bootstrap, &properties, &instance, &topic, Arc::clone(&sink)).await?);
+        let reader = consumer::start_fanout(&bootstrap, &properties, &instance, &topic, Arc::clone(&sink), refresh);
+        tasks.push(reader.await?);
         metrics.fanout_consumers.inc();
     }
+    tasks.push(spawn_partition_refresh(
+        Arc::clone(&publisher),
+        hub.messages_topics(),
+        refresh,
+    ));
     tasks.push(
         consumer::start_retained_reader(
             &bootstrap,
@@ -244,6 +253,20 @@ async fn connect_kafka(
         .await?,
     );
     Ok(KafkaSide { hub, publisher, tasks })
+}
+
+/// Keeps the producer's partition counts current, so records go to partitions added to a
+/// growing messages topic too.
+fn spawn_partition_refresh(publisher: Arc<Publisher>, topics: Vec<String>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tick.tick().await;
+            if let Err(error) = publisher.load_partitions(&topics).await {
+                tracing::warn!(%error, "partition counts not refreshed");
+            }
+        }
+    })
 }
 
 /// Starts everything `config` describes; returns once the listeners accept connections.

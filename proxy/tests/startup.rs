@@ -67,6 +67,7 @@ async fn an_unreachable_kafka_gives_readiness_false_and_set_up_is_retried() {
         create_topics: true,
         partitions: 1,
         retry_kafka: true,
+        metadata_refresh: None,
     };
     let starting = tokio::spawn(server::start(config, options));
 
@@ -116,6 +117,7 @@ async fn a_sessions_topic_that_is_not_compacted_is_refused_with_the_fix() {
         create_topics: true,
         partitions: 1,
         retry_kafka: true,
+        metadata_refresh: None,
     };
     let error = match server::start(config, options).await {
         Ok(_) => panic!("started on a non-compacted sessions topic"),

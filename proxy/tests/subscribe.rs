@@ -363,3 +363,43 @@ async fn a_burst_of_qos0_messages_reaches_a_subscriber_whole_and_in_order() {
         None
     );
 }
+
+#[tokio::test]
+async fn partitions_added_to_a_messages_topic_are_read_and_written() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    use rdkafka::client::DefaultClientContext;
+    let proxy = TestProxy::start().await;
+    let mut sub = Client::connect(&proxy, "grow-sub").await;
+    subscribe(&mut sub, "grow/#", QoS::AtLeastOnce).await;
+    // The operator grows messages topics; here the admin API does it behind the proxy's back.
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", proxy.bootstrap())
+        .create()
+        .expect("admin");
+    let topic = proxy.config.topics.messages.clone();
+    let grown = NewPartitions::new(&topic, usize::try_from(support::PARTITIONS + 2).expect("small"));
+    for result in admin
+        .create_partitions([&grown], &AdminOptions::new())
+        .await
+        .expect("create_partitions")
+    {
+        result.expect("partitions added");
+    }
+    // A producer writes straight into the newest partition; the fan-out picks it up at its
+    // next metadata refresh (300 ms in tests) and reads it from the beginning.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", proxy.bootstrap())
+        .create()
+        .expect("producer");
+    let record = FutureRecord::to(&topic)
+        .key("grow/new")
+        .payload("in a new partition")
+        .partition(support::PARTITIONS + 1);
+    producer.send(record, Duration::from_secs(10)).await.expect("produce");
+    let p = sub.next_publish().await;
+    assert_eq!(
+        (&p.topic[..], &p.payload[..]),
+        (&b"grow/new"[..], &b"in a new partition"[..])
+    );
+}

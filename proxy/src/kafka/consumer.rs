@@ -139,28 +139,69 @@ async fn assigned_consumer(
     Ok((consumer, ends))
 }
 
+/// The partition ids of `topic` (blocking: call from `spawn_blocking`).
+fn partition_ids<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default())
+}
+
 /// Starts the fan-out reader of messages topic `topic`: positions are fixed at the current
 /// end of every partition before this returns, so anything produced afterwards is seen.
+/// Every `refresh` it looks for partitions added since (the operator grows messages topics)
+/// and reads them from their beginning, so nothing written to them is missed.
 pub async fn start_fanout(
     bootstrap: &str,
     properties: &[(String, String)],
     instance: &str,
     topic: &str,
     sink: Arc<dyn RecordSink>,
+    refresh: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
     let group = format!("mqtt-kafka-fanout-{instance}");
-    let (consumer, _) = assigned_consumer(bootstrap, properties, &group, topic, Offset::Offset).await?;
+    let (consumer, ends) = assigned_consumer(bootstrap, properties, &group, topic, Offset::Offset).await?;
+    let consumer = Arc::new(consumer);
+    let mut known: Vec<i32> = ends.iter().map(|(p, _)| *p).collect();
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
         loop {
-            match consumer.recv().await {
-                Ok(record) => match decode(&record) {
-                    Ok(message) => sink.deliver(&topic, message),
-                    Err(error) => sink.skipped(&topic, error),
+            tokio::select! {
+                received = consumer.recv() => match received {
+                    Ok(record) => match decode(&record) {
+                        Ok(message) => sink.deliver(&topic, message),
+                        Err(error) => sink.skipped(&topic, error),
+                    },
+                    Err(error) => {
+                        tracing::warn!(%topic, %error, "fan-out consumer error; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 },
-                Err(error) => {
-                    tracing::warn!(%topic, %error, "fan-out consumer error; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                _ = tick.tick() => {
+                    let (c, t) = (Arc::clone(&consumer), topic.clone());
+                    let Ok(Ok(current)) = tokio::task::spawn_blocking(move || partition_ids(&*c, &t)).await else {
+                        continue;
+                    };
+                    let added: Vec<i32> = current.into_iter().filter(|p| !known.contains(p)).collect();
+                    if added.is_empty() {
+                        continue;
+                    }
+                    let mut assignment = TopicPartitionList::new();
+                    for partition in &added {
+                        if let Err(error) = assignment.add_partition_offset(&topic, *partition, Offset::Beginning) {
+                            tracing::warn!(%topic, partition, %error, "new partition not assignable");
+                        }
+                    }
+                    match consumer.incremental_assign(&assignment) {
+                        Ok(()) => {
+                            tracing::info!(%topic, ?added, "reading partitions added to the topic");
+                            known.extend(added);
+                        }
+                        Err(error) => tracing::warn!(%topic, %error, "new partitions not assigned; retrying"),
+                    }
                 }
             }
         }

@@ -58,6 +58,7 @@ impl TestProxy {
             create_topics: true,
             partitions: PARTITIONS,
             retry_kafka: false,
+            metadata_refresh: Some(Duration::from_millis(300)),
         };
         let server = server::start(config.clone(), options).await.expect("proxy starts");
         let proxy = Self { server, config };
@@ -205,6 +206,7 @@ impl Client {
 /// Reads records of a Kafka topic from the beginning.
 pub struct KafkaReader {
     consumer: StreamConsumer,
+    topic: String,
 }
 
 impl KafkaReader {
@@ -222,7 +224,22 @@ impl KafkaReader {
                 .expect("assignment");
         }
         consumer.assign(&assignment).expect("assign");
-        Self { consumer }
+        Self {
+            consumer,
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// Reads partitions `0..count` from the beginning (for a topic that grew).
+    pub fn assign_partitions(&self, count: i32) {
+        let mut assignment = TopicPartitionList::new();
+        let topic = self.topic.clone();
+        for p in 0..count {
+            assignment
+                .add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("assignment");
+        }
+        self.consumer.assign(&assignment).expect("assign");
     }
 
     pub async fn next(&self) -> OwnedMessage {
