@@ -10,6 +10,16 @@ use serde_json::json;
 
 use crate::support::{Operator, env, eventually};
 
+/// Who holds the operator's Lease now.
+async fn lease_holder(leases: &kube::Api<Lease>) -> Option<String> {
+    leases
+        .get("mqtt-kafka-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity)
+}
+
 fn lease(namespace: &str, identity: &str) -> LeaseSettings {
     LeaseSettings {
         name: "mqtt-kafka-operator".into(),
@@ -43,12 +53,7 @@ async fn two_operator_replicas_only_one_reconciles() {
     .await;
     let (leading, waiting) = if leader == "replica-a" { (a, b) } else { (b, a) };
     let leases = env.api::<Lease>();
-    let holder = leases
-        .get("mqtt-kafka-operator")
-        .await
-        .expect("lease")
-        .spec
-        .and_then(|s| s.holder_identity);
+    let holder = lease_holder(&leases).await;
     assert_eq!(holder.as_deref(), Some(leader));
 
     env.apply("p", env.spec("p")).await;
@@ -76,12 +81,7 @@ async fn two_operator_replicas_only_one_reconciles() {
     })
     .await;
     assert!(waiting.ctx.metrics.reconcile_count() > 0);
-    let holder = leases
-        .get("mqtt-kafka-operator")
-        .await
-        .expect("lease")
-        .spec
-        .and_then(|s| s.holder_identity);
+    let holder = lease_holder(&leases).await;
     assert_eq!(holder.as_deref(), Some(standby));
 
     waiting.stop().await;
