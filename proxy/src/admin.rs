@@ -1,34 +1,41 @@
-//! The admin HTTP endpoint: `/healthz` (the process serves), `/readyz` (Kafka reachable and
-//! the retained view loaded) and `/metrics` (Prometheus).
+//! The admin HTTP endpoint: `/healthz` (the process serves), `/readyz` (the Kafka clients
+//! the proxy produces and consumes with work, the retained view is loaded, the listeners are
+//! bound) and `/metrics` (Prometheus).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
-use crate::kafka::probe;
 use crate::metrics::Metrics;
 
-/// What readiness depends on.
+/// What readiness depends on. Each Kafka client reports its own state under its own name
+/// (`producer`, `fan-out mqtt-messages`, ...), so `/readyz` tells what the proxy really
+/// uses, not what a separate probe saw.
 pub struct Readiness {
-    kafka_reachable: AtomicBool,
+    problems: Mutex<BTreeMap<String, String>>,
     retained_loaded: Arc<AtomicBool>,
     listening: AtomicBool,
 }
 
+/// The name under which Kafka set-up reports until the clients exist.
+pub const KAFKA_SETUP: &str = "kafka";
+
 impl Readiness {
+    /// Starts not ready: Kafka not yet reached, nothing loaded, nothing bound.
     pub fn new(retained_loaded: Arc<AtomicBool>) -> Self {
-        Self {
-            kafka_reachable: AtomicBool::new(false),
+        let readiness = Self {
+            problems: Mutex::new(BTreeMap::new()),
             retained_loaded,
             listening: AtomicBool::new(false),
-        }
+        };
+        readiness.report(KAFKA_SETUP, Some("Kafka is not reachable yet".into()));
+        readiness
     }
 
     /// Every MQTT listener is bound: until then clients would be refused.
@@ -36,17 +43,41 @@ impl Readiness {
         self.listening.store(true, Ordering::Release);
     }
 
+    /// Sets (`Some`) or clears (`None`) what is wrong with `component`.
+    pub fn report(&self, component: &str, problem: Option<String>) {
+        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match problem {
+            Some(problem) => problems.insert(component.to_owned(), problem.clone()).as_ref() != Some(&problem),
+            None => problems.remove(component).is_some(),
+        };
+        if changed {
+            match problems.get(component) {
+                Some(problem) => tracing::warn!(%component, %problem, "not ready"),
+                None => tracing::info!(%component, "works again"),
+            }
+        }
+    }
+
     /// `Ok` when ready, else what is missing, for a person to read.
     pub fn check(&self) -> Result<(), String> {
-        let mut missing = Vec::new();
-        if !self.kafka_reachable.load(Ordering::Acquire) {
-            missing.push("Kafka is not reachable");
-        }
+        let mut missing: Vec<String> = self
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(component, problem)| {
+                if component == KAFKA_SETUP {
+                    problem.clone()
+                } else {
+                    format!("{component}: {problem}")
+                }
+            })
+            .collect();
         if !self.retained_loaded.load(Ordering::Acquire) {
-            missing.push("retained messages are still loading");
+            missing.push("retained messages are still loading".into());
         }
         if !self.listening.load(Ordering::Acquire) {
-            missing.push("MQTT listeners are not bound yet");
+            missing.push("MQTT listeners are not bound yet".into());
         }
         if missing.is_empty() {
             Ok(())
@@ -54,34 +85,6 @@ impl Readiness {
             Err(missing.join("; "))
         }
     }
-}
-
-/// Asks Kafka for metadata every few seconds and records whether it answered.
-pub fn spawn_kafka_probe(
-    bootstrap: String,
-    properties: Vec<(String, String)>,
-    readiness: Arc<Readiness>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let prober = match probe::Prober::new(&bootstrap, &properties) {
-            Ok(prober) => Arc::new(prober),
-            Err(error) => {
-                tracing::error!(%error, "Kafka client for readiness checks could not be created");
-                return;
-            }
-        };
-        loop {
-            let p = Arc::clone(&prober);
-            let reachable = tokio::task::spawn_blocking(move || p.check(Duration::from_secs(3)))
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false);
-            if readiness.kafka_reachable.swap(reachable, Ordering::AcqRel) != reachable {
-                tracing::info!(reachable, "Kafka reachability changed");
-            }
-            tokio::time::sleep(Duration::from_secs(if reachable { 5 } else { 1 })).await;
-        }
-    })
 }
 
 struct AdminState {
@@ -121,10 +124,25 @@ mod tests {
         let r = Readiness::new(Arc::clone(&loaded));
         assert_eq!(
             r.check(),
-            Err("Kafka is not reachable; retained messages are still loading; MQTT listeners are not bound yet".into())
+            Err(
+                "Kafka is not reachable yet; retained messages are still loading; MQTT listeners are not bound yet"
+                    .into()
+            )
         );
-        r.kafka_reachable.store(true, Ordering::Release);
+        r.report(KAFKA_SETUP, None);
+        r.report(
+            "producer",
+            Some("cannot deliver records for 3 s: Message timed out".into()),
+        );
         r.set_listening();
+        assert_eq!(
+            r.check(),
+            Err(
+                "producer: cannot deliver records for 3 s: Message timed out; retained messages are still loading"
+                    .into()
+            )
+        );
+        r.report("producer", None);
         assert_eq!(r.check(), Err("retained messages are still loading".into()));
         loaded.store(true, Ordering::Release);
         assert_eq!(r.check(), Ok(()));

@@ -71,8 +71,17 @@ async fn main() -> anyhow::Result<()> {
         partitions: cli.partitions,
         retry_kafka: true,
         metadata_refresh: None,
+        client_policy: None,
     };
-    let server = server::start(config, options).await.context("starting the proxy")?;
+    // A signal during start-up (Kafka unreachable and set-up retrying) ends the process
+    // at once instead of being ignored until the grace period runs out.
+    let server = tokio::select! {
+        started = server::start(config, options) => started.context("starting the proxy")?,
+        _ = shutdown_signal() => {
+            tracing::info!("stopped before start-up completed");
+            return Ok(());
+        }
+    };
     tracing::info!(mqtt = ?server.mqtt_addresses, admin = %server.admin_address, "mqtt-kafka-proxy running");
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Kafka fan-out consumers of this process: one per messages topic, whatever the
     /// number of MQTT subscribers.
     pub fanout_consumers: IntGauge,
+    /// Kafka clients replaced because they stopped working, by client (`producer`,
+    /// `fan-out <topic>`, `retained`).
+    pub kafka_client_replacements: IntCounterVec,
 }
 
 // Names and help texts are constants, so construction can only fail on a programming
@@ -68,8 +71,14 @@ impl Metrics {
                 "reason",
             ),
             fanout_consumers: gauge("fanout_consumers", "Kafka fan-out consumers (one per messages topic)"),
+            kafka_client_replacements: counter_vec(
+                "kafka_client_replacements_total",
+                "Kafka clients replaced by new ones because they stopped working, by client",
+                "client",
+            ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(metrics.kafka_client_replacements.clone()),
             Box::new(metrics.fanout_consumers.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.connects.clone()),

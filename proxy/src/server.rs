@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, Readiness};
+use crate::admin::{self, KAFKA_SETUP, Readiness};
 use crate::broker::hub::Hub;
 use crate::broker::identity::{IdentityPatterns, PatternError};
 use crate::broker::routes::{Condition, Route, RouteError, RouteTable};
 use crate::config::{Config, ConfigError, ListenerProtocol, RouteCondition};
 use crate::kafka::admin::{self as kafka_admin, AdminError};
-use crate::kafka::consumer::{self, ReaderError, RecordSink};
+use crate::kafka::consumer::{self, ReaderError, RecordSink, Supervision};
+use crate::kafka::health::Policy;
 use crate::kafka::producer::{PublishError, Publisher};
 use crate::listener::{self, Shared, tls::TlsError};
 use crate::metrics::Metrics;
@@ -69,8 +70,11 @@ pub struct StartOptions {
     /// Keep retrying Kafka set-up while Kafka cannot be reached (the binary does; tests
     /// want the error).
     pub retry_kafka: bool,
-    /// How often partition counts are looked up again (default 30 s): topics may grow.
+    /// How often each Kafka client is checked (default 2 s): partition counts are looked
+    /// up again (topics may grow) and readiness follows what the clients see.
     pub metadata_refresh: Option<Duration>,
+    /// When a Kafka client that stopped working is replaced (default: after 10 s).
+    pub client_policy: Option<Policy>,
 }
 
 /// A running proxy. Dropping it stops its tasks.
@@ -198,6 +202,7 @@ async fn connect_kafka(
     config: &Config,
     options: &StartOptions,
     metrics: &Arc<Metrics>,
+    readiness: &Arc<Readiness>,
     retained_loaded: &Arc<AtomicBool>,
 ) -> Result<KafkaSide, ServerError> {
     let instance = config.effective_instance_id();
@@ -228,18 +233,32 @@ async fn connect_kafka(
     ));
     publisher.load_partitions(&hub.messages_topics()).await?;
 
+    let supervision = Supervision {
+        every: options.metadata_refresh.unwrap_or(Duration::from_secs(2)),
+        policy: options.client_policy.unwrap_or_default(),
+        readiness: Arc::clone(readiness),
+        metrics: Arc::clone(metrics),
+    };
     let mut tasks = Vec::new();
-    let refresh = options.metadata_refresh.unwrap_or(Duration::from_secs(30));
     let sink: Arc<dyn RecordSink> = hub.clone();
     for topic in hub.messages_topics() {
-        let reader = consumer::start_fanout(&bootstrap, &properties, &instance, &topic, Arc::clone(&sink), refresh);
+        let reader = consumer::start_fanout(
+            &bootstrap,
+            &properties,
+            &instance,
+            &topic,
+            Arc::clone(&sink),
+            supervision.clone(),
+        );
         tasks.push(reader.await?);
         metrics.fanout_consumers.inc();
     }
-    tasks.push(spawn_partition_refresh(
-        Arc::clone(&publisher),
+    tasks.push(publisher.supervise(
         hub.messages_topics(),
-        refresh,
+        supervision.every,
+        supervision.policy,
+        Arc::clone(readiness),
+        Arc::clone(metrics),
     ));
     tasks.push(
         consumer::start_retained_reader(
@@ -249,24 +268,11 @@ async fn connect_kafka(
             &config.topics.retained,
             Arc::clone(&sink),
             Arc::clone(retained_loaded),
+            supervision,
         )
         .await?,
     );
     Ok(KafkaSide { hub, publisher, tasks })
-}
-
-/// Keeps the producer's partition counts current, so records go to partitions added to a
-/// growing messages topic too.
-fn spawn_partition_refresh(publisher: Arc<Publisher>, topics: Vec<String>, every: Duration) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        loop {
-            tick.tick().await;
-            if let Err(error) = publisher.load_partitions(&topics).await {
-                tracing::warn!(%error, "partition counts not refreshed");
-            }
-        }
-    })
 }
 
 /// Starts everything `config` describes; returns once the listeners accept connections.
@@ -275,15 +281,10 @@ fn spawn_partition_refresh(publisher: Arc<Publisher>, topics: Vec<String>, every
 pub async fn start(config: Config, options: StartOptions) -> Result<Server, ServerError> {
     config.validate()?;
     let transports = transports(&config)?;
-    let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
     let metrics = Arc::new(Metrics::new());
     let retained_loaded = Arc::new(AtomicBool::new(false));
     let readiness = Arc::new(Readiness::new(Arc::clone(&retained_loaded)));
-    let mut tasks = vec![admin::spawn_kafka_probe(
-        config.kafka.bootstrap_servers.clone(),
-        properties,
-        Arc::clone(&readiness),
-    )];
+    let mut tasks = Vec::new();
 
     let admin_address = config.admin.socket_addr()?;
     let (admin_listener, admin_address) =
@@ -302,9 +303,13 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
 
     let mut backoff = Duration::from_millis(500);
     let kafka = loop {
-        match connect_kafka(&config, &options, &metrics, &retained_loaded).await {
-            Ok(kafka) => break kafka,
+        match connect_kafka(&config, &options, &metrics, &readiness, &retained_loaded).await {
+            Ok(kafka) => {
+                readiness.report(KAFKA_SETUP, None);
+                break kafka;
+            }
             Err(error) if options.retry_kafka && error.is_transient() => {
+                readiness.report(KAFKA_SETUP, Some(format!("Kafka is not reachable: {error}")));
                 tracing::warn!(%error, retry_in = ?backoff, "Kafka set-up failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -68,6 +68,7 @@ async fn an_unreachable_kafka_gives_readiness_false_and_set_up_is_retried() {
         partitions: 1,
         retry_kafka: true,
         metadata_refresh: None,
+        client_policy: None,
     };
     let starting = tokio::spawn(server::start(config, options));
 
@@ -118,6 +119,7 @@ async fn a_sessions_topic_that_is_not_compacted_is_refused_with_the_fix() {
         partitions: 1,
         retry_kafka: true,
         metadata_refresh: None,
+        client_policy: None,
     };
     let error = match server::start(config, options).await {
         Ok(_) => panic!("started on a non-compacted sessions topic"),

@@ -15,6 +15,8 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+pub mod kafka_node;
+
 /// How to start the environment; every failure message ends with it.
 pub const START_HINT: &str = "start the local environment with `make env-up` (from the repository root)";
 
@@ -62,13 +64,27 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// `KEY=VALUE` of the environment file.
+fn env_file_values() -> HashMap<String, String> {
+    std::fs::read_to_string(env_file())
+        .map(|t| parse_env_file(&t))
+        .unwrap_or_default()
+}
+
 impl TestEnv {
+    /// The folder of the Kafka jars (`KAFKA_LIBS`), for tests that start a broker of their own.
+    pub fn kafka_libs() -> Result<Option<PathBuf>, EnvError> {
+        Ok(std::env::var("KAFKA_LIBS")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| env_file_values().remove("KAFKA_LIBS"))
+            .map(PathBuf::from))
+    }
+
     /// Reads the connection details without checking that anything runs.
     pub fn load() -> Result<Self, EnvError> {
         let file = env_file();
-        let from_file = std::fs::read_to_string(&file)
-            .map(|t| parse_env_file(&t))
-            .unwrap_or_default();
+        let from_file = env_file_values();
         let get = |key: &'static str| {
             std::env::var(key)
                 .ok()

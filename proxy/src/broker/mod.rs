@@ -6,5 +6,6 @@ pub mod identity;
 pub mod message;
 pub mod retained;
 pub mod routes;
+pub mod session;
 pub mod subscriptions;
 pub mod topic;

@@ -2,17 +2,22 @@
 //! MQTT client) and the reader that materialises the retained topic. Neither joins a
 //! consumer group: each assigns every partition itself, so every pod sees every record.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use crate::admin::Readiness;
 use crate::broker::message::{Message, now_ms};
+use crate::kafka::health::{ClientHealth, Policy};
 use crate::kafka::record::{RecordError, message_from_record};
+use crate::kafka::sessions::SessionStore;
+use crate::metrics::Metrics;
 
 /// Where records go once decoded; the broker implements it.
 pub trait RecordSink: Send + Sync + 'static {
@@ -107,100 +112,213 @@ fn decode(record: &BorrowedMessage<'_>) -> Result<Message, RecordError> {
     message_from_record(record.key(), record.payload(), timestamp, pairs)
 }
 
-/// A consumer of `topic` in group `group` (never committed), with every partition assigned
-/// at the offset `start` picks from the partition's high watermark; returns the watermarks.
-async fn assigned_consumer(
-    bootstrap: &str,
-    properties: &[(String, String)],
-    group: &str,
-    topic: &str,
-    start: impl Fn(i64) -> Offset,
-) -> Result<(StreamConsumer, Vec<(i32, i64)>), ReaderError> {
-    let kafka = |source| ReaderError::Kafka {
-        topic: topic.to_owned(),
-        source,
-    };
-    let consumer: StreamConsumer = consumer_config(bootstrap, properties, group).create().map_err(kafka)?;
-    let name = topic.to_owned();
-    let (consumer, ends) = tokio::task::spawn_blocking(move || {
-        let ends = high_watermarks(&consumer, &name, Duration::from_secs(10));
-        (consumer, ends)
-    })
-    .await
-    .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
-    let ends = ends?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, end) in &ends {
-        assignment
-            .add_partition_offset(topic, *partition, start(*end))
-            .map_err(kafka)?;
+/// A consumer of one topic with every partition assigned by us (never committed), which
+/// remembers where it is in each partition so that it can be replaced by a new consumer
+/// that starts there, when the old one stops working (see [`super::health`]).
+struct FollowedConsumer {
+    /// The name it reports under in readiness and metrics.
+    name: String,
+    topic: String,
+    config: ClientConfig,
+    consumer: Arc<StreamConsumer>,
+    /// Where the next record of each assigned partition is to be read.
+    next: BTreeMap<i32, Offset>,
+    health: ClientHealth,
+}
+
+impl FollowedConsumer {
+    /// Creates the consumer of `topic` with every partition assigned at the offset `start`
+    /// picks from the partition's high watermark; also returns the watermarks.
+    async fn start(
+        name: String,
+        bootstrap: &str,
+        properties: &[(String, String)],
+        group: &str,
+        topic: &str,
+        start: impl Fn(i64) -> Offset,
+    ) -> Result<(Self, Vec<(i32, i64)>), ReaderError> {
+        let config = consumer_config(bootstrap, properties, group);
+        let consumer: StreamConsumer = config.create().map_err(|source| ReaderError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        let name_ = topic.to_owned();
+        let (consumer, ends) = tokio::task::spawn_blocking(move || {
+            let ends = high_watermarks(&consumer, &name_, Duration::from_secs(10));
+            (consumer, ends)
+        })
+        .await
+        .map_err(|_| ReaderError::MissingTopic(topic.to_owned()))?;
+        let ends = ends?;
+        let next = ends.iter().map(|(p, end)| (*p, start(*end))).collect();
+        let reader = Self {
+            name,
+            topic: topic.to_owned(),
+            config,
+            consumer: Arc::new(consumer),
+            next,
+            health: ClientHealth::new(Instant::now()),
+        };
+        reader.assign(&reader.consumer).map_err(|source| ReaderError::Kafka {
+            topic: topic.to_owned(),
+            source,
+        })?;
+        Ok((reader, ends))
     }
-    consumer.assign(&assignment).map_err(kafka)?;
-    Ok((consumer, ends))
+
+    fn assign(&self, consumer: &StreamConsumer) -> Result<(), KafkaError> {
+        let mut assignment = TopicPartitionList::new();
+        for (partition, offset) in &self.next {
+            assignment.add_partition_offset(&self.topic, *partition, *offset)?;
+        }
+        consumer.assign(&assignment)
+    }
+
+    /// A record was handed on: a replacement starts after it.
+    fn seen(&mut self, partition: i32, offset: i64) {
+        self.next.insert(partition, Offset::Offset(offset + 1));
+        self.health.request_succeeded();
+    }
+
+    fn failed(&mut self, error: &KafkaError) {
+        self.health.request_failed(Instant::now(), &error.to_string());
+    }
+
+    /// Asks Kafka for the topic's partitions through this consumer (a failure counts
+    /// against it), reports its health, replaces it when the policy says so; returns the
+    /// partition ids when the request worked.
+    async fn check(&mut self, policy: &Policy, readiness: &Readiness, metrics: &Metrics) -> Option<Vec<i32>> {
+        let (c, t) = (Arc::clone(&self.consumer), self.topic.clone());
+        let partitions = match tokio::task::spawn_blocking(move || partition_ids(&*c, &t)).await {
+            Ok(Ok(ids)) if !ids.is_empty() => {
+                self.health.request_succeeded();
+                Some(ids)
+            }
+            Ok(Ok(_)) => {
+                self.health
+                    .request_failed(Instant::now(), "the topic has no partitions");
+                None
+            }
+            Ok(Err(error)) => {
+                self.failed(&error);
+                None
+            }
+            Err(_) => None,
+        };
+        let now = Instant::now();
+        readiness.report(&self.name, self.health.problem(now));
+        if self.health.should_replace(now, policy) {
+            self.replace(metrics);
+        }
+        partitions
+    }
+
+    /// Continues with a new consumer where this one stopped.
+    fn replace(&mut self, metrics: &Metrics) {
+        let fresh: StreamConsumer = match self.config.create() {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(reader = %self.name, %error, "a new Kafka consumer could not be created; keeping the old one");
+                return;
+            }
+        };
+        if let Err(error) = self.assign(&fresh) {
+            tracing::error!(reader = %self.name, %error, "a new Kafka consumer could not be assigned; keeping the old one");
+            return;
+        }
+        let problem = self.health.problem(Instant::now());
+        let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+        self.health = ClientHealth::new(Instant::now());
+        metrics.kafka_client_replacements.with_label_values(&[&self.name]).inc();
+        tracing::warn!(reader = %self.name, problem = problem.as_deref().unwrap_or("-"), "Kafka consumer replaced by a new one");
+        // Dropping joins librdkafka's threads.
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+
+    /// Adds partitions created since the last look, read from their beginning.
+    fn follow_new_partitions(&mut self, current: Vec<i32>) {
+        let added: Vec<i32> = current.into_iter().filter(|p| !self.next.contains_key(p)).collect();
+        if added.is_empty() {
+            return;
+        }
+        let mut assignment = TopicPartitionList::new();
+        for partition in &added {
+            if let Err(error) = assignment.add_partition_offset(&self.topic, *partition, Offset::Beginning) {
+                tracing::warn!(topic = %self.topic, partition, %error, "new partition not assignable");
+            }
+        }
+        match self.consumer.incremental_assign(&assignment) {
+            Ok(()) => {
+                tracing::info!(topic = %self.topic, ?added, "reading partitions added to the topic");
+                self.next.extend(added.into_iter().map(|p| (p, Offset::Beginning)));
+            }
+            Err(error) => tracing::warn!(topic = %self.topic, %error, "new partitions not assigned; retrying"),
+        }
+    }
 }
 
 /// The partition ids of `topic` (blocking: call from `spawn_blocking`).
 fn partition_ids<C: Consumer>(consumer: &C, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(3))?;
     Ok(metadata
         .topics()
         .first()
+        .filter(|t| t.error().is_none())
         .map(|t| t.partitions().iter().map(|p| p.id()).collect())
         .unwrap_or_default())
 }
 
+/// How the readers look after themselves.
+#[derive(Clone)]
+pub struct Supervision {
+    /// How often each reader checks its client (and looks for new partitions).
+    pub every: Duration,
+    pub policy: Policy,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Starts the fan-out reader of messages topic `topic`: positions are fixed at the current
 /// end of every partition before this returns, so anything produced afterwards is seen.
-/// Every `refresh` it looks for partitions added since (the operator grows messages topics)
-/// and reads them from their beginning, so nothing written to them is missed.
+/// Partitions added later (the operator grows messages topics) are read from their
+/// beginning, so nothing written to them is missed; a consumer that stops working is
+/// replaced by one that continues where it stopped.
 pub async fn start_fanout(
     bootstrap: &str,
     properties: &[(String, String)],
     instance: &str,
     topic: &str,
     sink: Arc<dyn RecordSink>,
-    refresh: Duration,
+    supervision: Supervision,
 ) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
     let group = format!("mqtt-kafka-fanout-{instance}");
-    let (consumer, ends) = assigned_consumer(bootstrap, properties, &group, topic, Offset::Offset).await?;
-    let consumer = Arc::new(consumer);
-    let mut known: Vec<i32> = ends.iter().map(|(p, _)| *p).collect();
+    let name = format!("fan-out {topic}");
+    let (mut reader, _) = FollowedConsumer::start(name, bootstrap, properties, &group, topic, Offset::Offset).await?;
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + refresh, refresh);
+        let every = supervision.every;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
+            let consumer = Arc::clone(&reader.consumer);
             tokio::select! {
                 received = consumer.recv() => match received {
-                    Ok(record) => match decode(&record) {
-                        Ok(message) => sink.deliver(&topic, message),
-                        Err(error) => sink.skipped(&topic, error),
-                    },
+                    Ok(record) => {
+                        match decode(&record) {
+                            Ok(message) => sink.deliver(&topic, message),
+                            Err(error) => sink.skipped(&topic, error),
+                        }
+                        reader.seen(record.partition(), record.offset());
+                    }
                     Err(error) => {
                         tracing::warn!(%topic, %error, "fan-out consumer error; retrying");
+                        reader.failed(&error);
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 },
                 _ = tick.tick() => {
-                    let (c, t) = (Arc::clone(&consumer), topic.clone());
-                    let Ok(Ok(current)) = tokio::task::spawn_blocking(move || partition_ids(&*c, &t)).await else {
-                        continue;
-                    };
-                    let added: Vec<i32> = current.into_iter().filter(|p| !known.contains(p)).collect();
-                    if added.is_empty() {
-                        continue;
-                    }
-                    let mut assignment = TopicPartitionList::new();
-                    for partition in &added {
-                        if let Err(error) = assignment.add_partition_offset(&topic, *partition, Offset::Beginning) {
-                            tracing::warn!(%topic, partition, %error, "new partition not assignable");
-                        }
-                    }
-                    match consumer.incremental_assign(&assignment) {
-                        Ok(()) => {
-                            tracing::info!(%topic, ?added, "reading partitions added to the topic");
-                            known.extend(added);
-                        }
-                        Err(error) => tracing::warn!(%topic, %error, "new partitions not assigned; retrying"),
+                    let s = &supervision;
+                    if let Some(current) = reader.check(&s.policy, &s.readiness, &s.metrics).await {
+                        reader.follow_new_partitions(current);
                     }
                 }
             }
@@ -218,18 +336,22 @@ pub async fn start_retained_reader(
     topic: &str,
     sink: Arc<dyn RecordSink>,
     loaded: Arc<AtomicBool>,
+    supervision: Supervision,
 ) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
     let group = format!("mqtt-kafka-retained-{instance}");
-    let (consumer, ends) = assigned_consumer(bootstrap, properties, &group, topic, |_| Offset::Beginning).await?;
+    let name = format!("retained {topic}");
+    let (mut reader, ends) =
+        FollowedConsumer::start(name, bootstrap, properties, &group, topic, |_| Offset::Beginning).await?;
     // Partitions still to be read up to their start-up end. Compaction leaves gaps, so
     // progress is the consumer's position, not the offset of the last record seen.
     let mut pending: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut last_check = tokio::time::Instant::now();
         loop {
             if !pending.is_empty() {
-                if let Ok(positions) = consumer.position() {
+                if let Ok(positions) = reader.consumer.position() {
                     pending.retain(|(p, end)| {
                         let at = positions.find_partition(&topic, *p).and_then(|e| match e.offset() {
                             Offset::Offset(o) => Some(o),
@@ -245,24 +367,96 @@ pub async fn start_retained_reader(
             if pending.is_empty() && !loaded.load(Ordering::Acquire) {
                 loaded.store(true, Ordering::Release);
             }
+            let consumer = Arc::clone(&reader.consumer);
             tokio::select! {
                 received = consumer.recv() => match received {
-                    Ok(record) => match (record.key().map(std::str::from_utf8), record.payload()) {
-                        (Some(Ok(key)), None) => sink.retained(key, None),
-                        _ => match decode(&record) {
-                            Ok(message) => {
-                                let key = message.topic.clone();
-                                sink.retained(&key, Some(message));
-                            }
-                            Err(error) => sink.skipped(&topic, error),
-                        },
-                    },
+                    Ok(record) => {
+                        match (record.key().map(std::str::from_utf8), record.payload()) {
+                            (Some(Ok(key)), None) => sink.retained(key, None),
+                            _ => match decode(&record) {
+                                Ok(message) => {
+                                    let key = message.topic.clone();
+                                    sink.retained(&key, Some(message));
+                                }
+                                Err(error) => sink.skipped(&topic, error),
+                            },
+                        }
+                        reader.seen(record.partition(), record.offset());
+                    }
                     Err(error) => {
                         tracing::warn!(%topic, %error, "retained reader error; retrying");
+                        reader.failed(&error);
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 },
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    if last_check.elapsed() >= supervision.every {
+                        last_check = tokio::time::Instant::now();
+                        let s = &supervision;
+                        reader.check(&s.policy, &s.readiness, &s.metrics).await;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+/// Starts the reader of the sessions topic: it replays every partition from the beginning
+/// into `store`, marks the store loaded once it reached the end each partition had at
+/// start-up, and keeps applying what any process writes.
+pub async fn start_sessions_reader(
+    bootstrap: &str,
+    properties: &[(String, String)],
+    instance: &str,
+    store: Arc<SessionStore>,
+    supervision: Supervision,
+) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
+    let topic = store.topic().to_owned();
+    let group = format!("mqtt-kafka-sessions-{instance}");
+    let name = format!("sessions {topic}");
+    let (mut reader, ends) =
+        FollowedConsumer::start(name, bootstrap, properties, &group, &topic, |_| Offset::Beginning).await?;
+    let ends: Vec<(i32, i64)> = ends;
+    Ok(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut last_check = tokio::time::Instant::now();
+        loop {
+            if !store.is_loaded() && ends.iter().all(|(p, end)| store.read_up_to(*p) >= *end) {
+                tracing::info!(%topic, sessions = store.len(), "sessions loaded");
+                store.set_loaded();
+            }
+            let consumer = Arc::clone(&reader.consumer);
+            tokio::select! {
+                received = consumer.recv() => match received {
+                    Ok(record) => {
+                        match record.key().map(std::str::from_utf8) {
+                            Some(Ok(client_id)) => store.apply(client_id, record.payload()),
+                            _ => tracing::warn!(%topic, offset = record.offset(), "sessions-topic record without a UTF-8 key skipped"),
+                        }
+                        reader.seen(record.partition(), record.offset());
+                        store.read_to(record.partition(), record.offset() + 1);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%topic, %error, "sessions reader error; retrying");
+                        reader.failed(&error);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = tick.tick() => {
+                    // Compaction leaves gaps: the consumer's position is progress too.
+                    if let Ok(positions) = reader.consumer.position() {
+                        for element in positions.elements_for_topic(&topic) {
+                            if let Offset::Offset(at) = element.offset() {
+                                store.read_to(element.partition(), at);
+                            }
+                        }
+                    }
+                    if last_check.elapsed() >= supervision.every {
+                        last_check = tokio::time::Instant::now();
+                        let s = &supervision;
+                        reader.check(&s.policy, &s.readiness, &s.metrics).await;
+                    }
+                }
             }
         }
     }))

@@ -1,9 +1,10 @@
 //! Everything that talks to Kafka: the record format, the producer, the fan-out and
-//! retained readers, topic administration, reachability.
+//! retained readers, topic administration, and the health of each client.
 
 pub mod admin;
 pub mod consumer;
+pub mod health;
 pub mod partitioner;
-pub mod probe;
 pub mod producer;
 pub mod record;
+pub mod sessions;

@@ -2,17 +2,22 @@
 //! sent after [`Publisher::publish`] returns means the record is durable in Kafka.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use tokio::task::JoinHandle;
+
+use crate::admin::Readiness;
 use crate::broker::message::Message;
+use crate::kafka::health::{ClientHealth, Policy, is_connectivity_error};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::record::headers_of;
+use crate::metrics::Metrics;
 
 /// A record could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +32,28 @@ pub enum PublishError {
     UnknownTopic(String),
 }
 
-/// Writes messages (and retained messages) to Kafka.
+/// The producer in use and what it has seen; replaced together.
+struct Current {
+    producer: Arc<FutureProducer>,
+    /// Counts replacements, so late results of a replaced producer are not held against
+    /// its successor.
+    generation: u64,
+    health: ClientHealth,
+}
+
+/// Writes messages (and retained messages) to Kafka. The librdkafka producer inside is
+/// watched ([`Publisher::supervise`]) and replaced when it stops working.
 pub struct Publisher {
-    producer: FutureProducer,
+    config: ClientConfig,
+    current: Arc<Mutex<Current>>,
     retained_topic: String,
     partitions: RwLock<HashMap<String, i32>>,
     delivery_timeout: Duration,
+}
+
+fn lock(current: &Mutex<Current>) -> MutexGuard<'_, Current> {
+    // Every critical section is a few assignments: a poisoned lock holds consistent data.
+    current.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Publisher {
@@ -57,49 +78,177 @@ impl Publisher {
         for (key, value) in properties {
             config.set(key, value);
         }
+        let producer = Arc::new(config.create()?);
         Ok(Self {
-            producer: config.create()?,
+            config,
+            current: Arc::new(Mutex::new(Current {
+                producer,
+                generation: 0,
+                health: ClientHealth::new(Instant::now()),
+            })),
             retained_topic: retained_topic.to_owned(),
             partitions: RwLock::new(HashMap::new()),
             delivery_timeout,
         })
     }
 
-    /// Learns the partition count of each topic (once, at start-up; again by `refresh`), so
+    fn producer(&self) -> (Arc<FutureProducer>, u64) {
+        let current = lock(&self.current);
+        (Arc::clone(&current.producer), current.generation)
+    }
+
+    /// Learns the partition count of each topic (at start-up, then by `supervise`), so
     /// that `enqueue` never waits for metadata.
     pub async fn load_partitions(&self, topics: &[String]) -> Result<(), PublishError> {
-        for topic in topics {
-            let client = self.producer.clone();
-            let name = topic.clone();
-            let timeout = self.delivery_timeout;
-            let fetched = tokio::task::spawn_blocking(move || {
-                client.client().fetch_metadata(Some(&name), timeout).map(|m| {
-                    m.topics()
-                        .first()
-                        .filter(|t| t.error().is_none())
-                        .map(|t| t.partitions().len())
-                        .unwrap_or(0)
+        let (producer, _) = self.producer();
+        let timeout = self.delivery_timeout.min(Duration::from_secs(5));
+        let names = topics.to_vec();
+        let fetched = tokio::task::spawn_blocking(move || {
+            names
+                .into_iter()
+                .map(|name| {
+                    let count = producer.client().fetch_metadata(Some(&name), timeout).map(|m| {
+                        m.topics()
+                            .first()
+                            .filter(|t| t.error().is_none())
+                            .map_or(0, |t| t.partitions().len())
+                    });
+                    (name, count)
                 })
-            })
-            .await
-            .map_err(|_| PublishError::UnknownTopic(topic.clone()))?
-            .map_err(|source| PublishError::Kafka {
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| PublishError::UnknownTopic(topics.join(",")))?;
+        for (topic, count) in fetched {
+            let count = count.map_err(|source| PublishError::Kafka {
                 topic: topic.clone(),
                 source,
             })?;
-            let count = i32::try_from(fetched).unwrap_or(0);
+            let count = i32::try_from(count).unwrap_or(0);
             if count == 0 {
-                return Err(PublishError::UnknownTopic(topic.clone()));
+                return Err(PublishError::UnknownTopic(topic));
             }
             self.partitions
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(topic.clone(), count);
+                .insert(topic, count);
         }
         Ok(())
     }
 
-    fn partition_count(&self, topic: &str) -> Result<i32, PublishError> {
+    /// Watches the producer until the task is dropped: every `every` it refreshes the
+    /// partition counts of `topics` through the producer itself (topics may grow, and a
+    /// failing request is a sign of a broken producer), reports what is wrong to
+    /// `readiness` under `producer`, and replaces a producer that has failed for
+    /// `policy.replace_after` (or hit a fatal error) with a new one.
+    pub fn supervise(
+        self: &Arc<Self>,
+        topics: Vec<String>,
+        every: Duration,
+        policy: Policy,
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+    ) -> JoinHandle<()> {
+        let publisher = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let checked = publisher.load_partitions(&topics).await;
+                let fatal = publisher.producer().0.client().fatal_error();
+                let now = Instant::now();
+                let replace = {
+                    let mut current = lock(&publisher.current);
+                    match &checked {
+                        Ok(()) => current.health.request_succeeded(),
+                        Err(error) => current.health.request_failed(now, &error.to_string()),
+                    }
+                    if let Some((code, reason)) = &fatal {
+                        current.health.fatal(&format!("{code:?}: {reason}"));
+                    }
+                    readiness.report(PRODUCER, current.health.problem(now));
+                    current.health.should_replace(now, &policy)
+                };
+                if replace {
+                    publisher.replace(&metrics);
+                }
+            }
+        })
+    }
+
+    /// Puts a new producer in place of the current one. The old one gets a few seconds to
+    /// deliver what it holds; what it cannot deliver fails (a negative acknowledgement to
+    /// the client, never a false positive one).
+    fn replace(&self, metrics: &Metrics) {
+        let fresh = match self.config.create::<FutureProducer>() {
+            Ok(fresh) => Arc::new(fresh),
+            Err(error) => {
+                tracing::error!(%error, "a new Kafka producer could not be created; keeping the old one");
+                return;
+            }
+        };
+        let (old, problem) = {
+            let mut current = lock(&self.current);
+            let problem = current.health.problem(Instant::now());
+            current.generation += 1;
+            current.health = ClientHealth::new(Instant::now());
+            (std::mem::replace(&mut current.producer, fresh), problem)
+        };
+        metrics.kafka_client_replacements.with_label_values(&[PRODUCER]).inc();
+        tracing::warn!(
+            problem = problem.as_deref().unwrap_or("-"),
+            "Kafka producer replaced by a new one"
+        );
+        // Flushing and dropping block (librdkafka joins its threads).
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = old.flush(Duration::from_secs(5)) {
+                tracing::warn!(%error, "the replaced producer could not deliver what it held; those PUBLISHes were not acknowledged");
+            }
+            drop(old);
+        });
+    }
+
+    /// Writes one keyed record to `partition` of `topic` now (`None` is a tombstone); the
+    /// future resolves once Kafka acknowledged it. Used for the sessions topic.
+    pub fn enqueue_keyed(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static + use<>, PublishError> {
+        let (producer, generation) = self.producer();
+        let mut record = FutureRecord::<str, [u8]>::to(topic).key(key).partition(partition);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        let delivery = producer.send_result(record).map_err(|(e, _)| kafka_error(topic, e))?;
+        let topic = topic.to_owned();
+        let current = Arc::clone(&self.current);
+        Ok(async move {
+            let result = delivered(delivery, &topic).await;
+            record_outcome(&current, generation, &result);
+            result
+        })
+    }
+
+    /// The high watermark (the offset the next record gets) of one partition, asked of
+    /// Kafka through the producer's connection.
+    pub async fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64, PublishError> {
+        let (producer, _) = self.producer();
+        let name = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&name, partition, Duration::from_secs(5))
+                .map(|(_, high)| high)
+        })
+        .await
+        .map_err(|_| PublishError::UnknownTopic(topic.to_owned()))?
+        .map_err(|source| kafka_error(topic, source))
+    }
+
+    /// The partition count of `topic` as last looked up.
+    pub fn partition_count(&self, topic: &str) -> Result<i32, PublishError> {
         self.partitions
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -127,8 +276,8 @@ impl Publisher {
             .timestamp(message.timestamp_ms)
             .partition(partition)
             .headers(headers.clone());
-        let main = self
-            .producer
+        let (producer, generation) = self.producer();
+        let main = producer
             .send_result(record)
             .map_err(|(e, _)| kafka_error(kafka_topic, e))?;
         let retained = if message.retain {
@@ -140,7 +289,7 @@ impl Publisher {
                 record = record.payload(message.payload.as_ref());
             }
             Some(
-                self.producer
+                producer
                     .send_result(record)
                     .map_err(|(e, _)| kafka_error(&self.retained_topic, e))?,
             )
@@ -149,20 +298,41 @@ impl Publisher {
         };
         let main_topic = kafka_topic.to_owned();
         let retained_topic = self.retained_topic.clone();
+        let current = Arc::clone(&self.current);
         Ok(async move {
-            delivered(main, &main_topic).await?;
-            if let Some(retained) = retained {
-                delivered(retained, &retained_topic).await?;
+            let mut result = delivered(main, &main_topic).await;
+            if let (Ok(()), Some(retained)) = (&result, retained) {
+                result = delivered(retained, &retained_topic).await;
             }
-            Ok(())
+            record_outcome(&current, generation, &result);
+            result
         })
     }
 
     /// Waits for queued records to be delivered (at shutdown).
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
+        if let Err(e) = self.producer().0.flush(timeout) {
             tracing::warn!(error = %e, "records still queued at shutdown");
         }
+    }
+}
+
+/// The name the producer reports under in readiness and metrics.
+pub const PRODUCER: &str = "producer";
+
+/// Counts a delivery for or against the producer that made it (a replaced producer's late
+/// results say nothing about its successor).
+fn record_outcome(current: &Mutex<Current>, generation: u64, result: &Result<(), PublishError>) {
+    let mut current = lock(current);
+    if current.generation != generation {
+        return;
+    }
+    match result {
+        Ok(()) => current.health.delivery_succeeded(),
+        Err(PublishError::Kafka { source, .. }) if is_connectivity_error(source) => {
+            current.health.delivery_failed(Instant::now(), &source.to_string());
+        }
+        Err(_) => {}
     }
 }
 

@@ -59,6 +59,7 @@ impl TestProxy {
             partitions: PARTITIONS,
             retry_kafka: false,
             metadata_refresh: Some(Duration::from_millis(300)),
+            client_policy: None,
         };
         let server = server::start(config.clone(), options).await.expect("proxy starts");
         let proxy = Self { server, config };

@@ -1,0 +1,300 @@
+//! The sessions topic: a materialised view of every session (one compacted record per
+//! client id, see `broker::session`), the writer that stores a session before the client
+//! is told anything that depends on it, and the watch that tells a connection its session
+//! was taken over by a CONNECT on another process.
+//!
+//! Every process reads every partition, so any process can serve any client (MQTT 3.1.1
+//! clients cannot be redirected); records of an older generation than the one in the view
+//! are stale and ignored, so a slow or partitioned writer cannot fork a session.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use crate::broker::session::SessionState;
+use crate::kafka::partitioner::partition_for;
+use crate::kafka::producer::{PublishError, Publisher};
+
+/// A session could not be read or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Kafka(#[from] PublishError),
+    #[error("the sessions topic {topic} was not read up to date within {waited:?}")]
+    NotCaughtUp { topic: String, waited: Duration },
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a poisoned lock holds consistent data.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A connection's interest in its own session: told when a newer generation appears.
+struct Watcher {
+    generation: u64,
+    taken_over: watch::Sender<bool>,
+}
+
+/// The view of the sessions topic, and the way to write it.
+pub struct SessionStore {
+    topic: String,
+    partitions: i32,
+    publisher: Arc<Publisher>,
+    sessions: RwLock<HashMap<String, SessionState>>,
+    /// The offset the reader reads next, per partition.
+    read_up_to: Mutex<BTreeMap<i32, i64>>,
+    advanced: Notify,
+    watchers: Mutex<HashMap<String, Watcher>>,
+    loaded: AtomicBool,
+    /// Records that were not sessions this version can read.
+    skipped: Mutex<u64>,
+}
+
+impl SessionStore {
+    pub fn new(topic: &str, partitions: i32, publisher: Arc<Publisher>) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            partitions: partitions.max(1),
+            publisher,
+            sessions: RwLock::new(HashMap::new()),
+            read_up_to: Mutex::new(BTreeMap::new()),
+            advanced: Notify::new(),
+            watchers: Mutex::new(HashMap::new()),
+            loaded: AtomicBool::new(false),
+            skipped: Mutex::new(0),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The sessions-topic partition of `client_id` (the Java client's murmur2).
+    pub fn partition_of(&self, client_id: &str) -> i32 {
+        partition_for(client_id.as_bytes(), self.partitions)
+    }
+
+    /// The stored session of `client_id`, if any.
+    pub fn get(&self, client_id: &str) -> Option<SessionState> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(client_id)
+            .cloned()
+    }
+
+    /// How many sessions the view holds.
+    pub fn len(&self) -> usize {
+        self.sessions.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the view has been read up to the end the topic had at start-up.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Records the reader could not use.
+    pub fn skipped(&self) -> u64 {
+        *locked(&self.skipped)
+    }
+
+    /// Waits until the view holds everything written to `partition` before `end`.
+    pub async fn wait_read(&self, partition: i32, end: i64, within: Duration) -> Result<(), SessionError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.advanced.notified();
+            if locked(&self.read_up_to).get(&partition).is_some_and(|at| *at >= end) || end <= 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(SessionError::NotCaughtUp {
+                    topic: self.topic.clone(),
+                    waited: within,
+                });
+            }
+        }
+    }
+
+    /// Where the reader is in `partition` (the offset it reads next).
+    pub fn read_up_to(&self, partition: i32) -> i64 {
+        locked(&self.read_up_to).get(&partition).copied().unwrap_or(0)
+    }
+
+    /// The reader is at `next` in `partition` (after a record, or a gap compaction left).
+    pub fn read_to(&self, partition: i32, next: i64) {
+        let mut read = locked(&self.read_up_to);
+        let at = read.entry(partition).or_insert(0);
+        if next > *at {
+            *at = next;
+            drop(read);
+            self.advanced.notify_waiters();
+        }
+    }
+
+    /// Applies one record of the sessions topic: a session, or a tombstone (`None`).
+    pub fn apply(&self, client_id: &str, value: Option<&[u8]>) {
+        let Some(value) = value else {
+            self.sessions
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(client_id);
+            return;
+        };
+        let state = match SessionState::decode(value) {
+            Ok(state) => state,
+            Err(error) => {
+                *locked(&self.skipped) += 1;
+                tracing::warn!(%client_id, %error, "sessions-topic record skipped");
+                return;
+            }
+        };
+        self.put(state);
+    }
+
+    /// Puts a state in the view unless the view has a newer generation already; tells a
+    /// watcher of an older generation that its session was taken over.
+    fn put(&self, state: SessionState) {
+        let generation = state.generation;
+        let client_id = state.client_id.clone();
+        {
+            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+            if sessions.get(&client_id).is_some_and(|s| s.generation > generation) {
+                return;
+            }
+            sessions.insert(client_id.clone(), state);
+        }
+        if let Some(watcher) = locked(&self.watchers).get(&client_id)
+            && watcher.generation < generation
+        {
+            watcher.taken_over.send_replace(true);
+        }
+    }
+
+    /// Reads the topic's end for `client_id`'s partition and waits until the view holds it,
+    /// so that a CONNECT sees what any process wrote before it.
+    pub async fn catch_up(&self, client_id: &str) -> Result<(), SessionError> {
+        let partition = self.partition_of(client_id);
+        let end = self.publisher.high_watermark(&self.topic, partition).await?;
+        self.wait_read(partition, end, Duration::from_secs(5)).await
+    }
+
+    /// Stores `state` and waits for Kafka's acknowledgement; the view has it at once.
+    pub async fn store(&self, state: &SessionState) -> Result<(), SessionError> {
+        let partition = self.partition_of(&state.client_id);
+        let value = state.encode();
+        let written = self
+            .publisher
+            .enqueue_keyed(&self.topic, partition, &state.client_id, Some(&value))?;
+        self.put(state.clone());
+        written.await?;
+        Ok(())
+    }
+
+    /// Deletes the session of `client_id` written by `generation` (a tombstone), unless a
+    /// newer generation took it over meanwhile.
+    pub async fn delete(&self, client_id: &str, generation: u64) -> Result<(), SessionError> {
+        if self.get(client_id).is_some_and(|s| s.generation > generation) {
+            return Ok(());
+        }
+        let partition = self.partition_of(client_id);
+        let written = self.publisher.enqueue_keyed(&self.topic, partition, client_id, None)?;
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(client_id);
+        written.await?;
+        Ok(())
+    }
+
+    /// Becomes true when a CONNECT of `client_id` newer than `generation` is stored by
+    /// any process.
+    pub fn watch(&self, client_id: &str, generation: u64) -> watch::Receiver<bool> {
+        let (taken_over, receiver) = watch::channel(false);
+        locked(&self.watchers).insert(client_id.to_owned(), Watcher { generation, taken_over });
+        receiver
+    }
+
+    /// Forgets the watch of `generation` (a newer one of the same client stays).
+    pub fn unwatch(&self, client_id: &str, generation: u64) {
+        let mut watchers = locked(&self.watchers);
+        if watchers.get(client_id).is_some_and(|w| w.generation == generation) {
+            watchers.remove(client_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::session::{ConnectRequest, connect};
+
+    fn store() -> SessionStore {
+        let publisher = Publisher::new("127.0.0.1:1", &[], "r", Duration::from_secs(1)).expect("producer");
+        SessionStore::new("s", 3, Arc::new(publisher))
+    }
+
+    fn state(generation: u64) -> SessionState {
+        let mut state = connect(
+            None,
+            ConnectRequest {
+                client_id: "c".into(),
+                clean_start: false,
+                expiry_secs: 60,
+                protocol: 5,
+                will: None,
+                host: "p0".into(),
+            },
+            0,
+        )
+        .state;
+        state.generation = generation;
+        state
+    }
+
+    #[test]
+    fn a_record_of_an_older_generation_is_ignored() {
+        let s = store();
+        s.apply("c", Some(&state(3).encode()));
+        s.apply("c", Some(&state(2).encode()));
+        assert_eq!(s.get("c").map(|s| s.generation), Some(3));
+        s.apply("c", None);
+        assert!(s.get("c").is_none());
+        s.apply("c", Some(b"not json"));
+        assert_eq!(s.skipped(), 1);
+    }
+
+    #[test]
+    fn a_newer_generation_tells_the_watcher_of_the_older_one() {
+        let s = store();
+        let watcher = s.watch("c", 2);
+        s.apply("c", Some(&state(2).encode()));
+        assert!(!*watcher.borrow());
+        s.apply("c", Some(&state(3).encode()));
+        assert!(*watcher.borrow());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_reader_ends_when_it_passed_the_end() {
+        let s = Arc::new(store());
+        let waiting = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.wait_read(1, 5, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.read_to(1, 3);
+        s.read_to(1, 5);
+        assert!(waiting.await.expect("joins").is_ok());
+        assert!(s.wait_read(2, 1, Duration::from_millis(10)).await.is_err());
+    }
+}
