@@ -127,7 +127,7 @@ async fn watch_readiness(proxy: &TestProxy, mut stop: watch::Receiver<bool>) -> 
 
 /// Runs traffic across `fault` (which returns when the fault is over) and checks what the
 /// issue asks for.
-async fn traffic_survives(node: &mut KafkaNode, fault: impl AsyncFnOnce(&mut KafkaNode) -> Instant) {
+async fn traffic_survives(node: &mut KafkaNode, fault: impl AsyncFnOnce(&mut KafkaNode) -> Instant) -> TestProxy {
     let bootstrap = node.bootstrap();
     let proxy = TestProxy::start_with(|c| c.kafka.bootstrap_servers = bootstrap.clone()).await;
     let mut subscriber = Client::connect(&proxy, "fault-subscriber").await;
@@ -223,12 +223,13 @@ async fn traffic_survives(node: &mut KafkaNode, fault: impl AsyncFnOnce(&mut Kaf
         acked.len(),
         stored.len()
     );
+    proxy
 }
 
 #[tokio::test]
 async fn publishing_resumes_after_the_broker_is_paused_longer_than_the_client_timeouts() {
     let mut node = KafkaNode::start().await.unwrap_or_else(|e| panic!("{e}"));
-    traffic_survives(&mut node, async |node: &mut KafkaNode| {
+    let proxy = traffic_survives(&mut node, async |node: &mut KafkaNode| {
         node.pause().expect("pause");
         // Longer than the producer's request timeout and message timeout (30 s each), so
         // requests and records time out while the broker holds them.
@@ -237,6 +238,13 @@ async fn publishing_resumes_after_the_broker_is_paused_longer_than_the_client_ti
         Instant::now()
     })
     .await;
+    // 40 s of failures is past the 10 s after which a client is replaced: the recovery
+    // above went through new clients, not only through librdkafka's own retries.
+    let replaced = proxy
+        .metric("mqtt_kafka_kafka_client_replacements_total{client=\"producer\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(replaced >= 1.0, "the producer was never replaced during a 40 s stall");
 }
 
 #[tokio::test]

@@ -116,7 +116,8 @@ pub struct SessionState {
     pub expiry_secs: u32,
     /// Counts the CONNECTs of this client id; records of older generations are stale.
     pub generation: u64,
-    /// The instance serving the live connection; `None` while the client is away.
+    /// The instance that serves (or last served) the connection: it runs the session's
+    /// timers while the client is away.
     #[serde(default)]
     pub host: Option<String>,
     /// When the client went away (milliseconds since the epoch); `None` while connected.
@@ -213,9 +214,12 @@ pub fn connect(existing: Option<&SessionState>, request: ConnectRequest, now_ms:
     let generation = existing.map_or(0, |s| s.generation) + 1;
     let alive = existing.filter(|s| s.expires_at_ms().is_none_or(|end| end > now_ms));
     let resumed = alive.filter(|_| !request.clean_start);
-    // A session that ends here (clean start) still owes its will when one is pending.
+    // A session that ends here (clean start) still owes its will: a client that is away
+    // has a will waiting for its delay; a live connection publishes a will without delay
+    // itself when it is taken over, so only a delayed one is owed here (§3.1.4).
     let ended_will = match (alive, resumed) {
-        (Some(old), None) if old.disconnected_at_ms.is_some() || old.host.is_some() => old.will.clone(),
+        (Some(old), None) if old.disconnected_at_ms.is_some() => old.will.clone(),
+        (Some(old), None) => old.will.clone().filter(|w| w.delay_secs > 0),
         _ => None,
     };
     let mut state = match resumed {
@@ -287,7 +291,6 @@ pub fn disconnect(
     if !state.is_persistent() {
         return DisconnectOutcome::Ended { will: state.will };
     }
-    state.host = None;
     state.disconnected_at_ms = Some(now_ms);
     DisconnectOutcome::Kept(state)
 }
