@@ -29,6 +29,14 @@ pub struct Metrics {
     /// Kafka clients replaced because they stopped working, by client (`producer`,
     /// `fan-out <topic>`, `retained`).
     pub kafka_client_replacements: IntCounterVec,
+    /// Times a subscriber fell behind the fan-out and switched to reading Kafka itself.
+    pub lagging: IntCounter,
+    /// Records read by catch-ups (lagging subscribers, resumed sessions).
+    pub replayed: IntCounter,
+    /// Will messages published.
+    pub wills: IntCounter,
+    /// Sessions deleted because they expired.
+    pub sessions_expired: IntCounter,
 }
 
 // Names and help texts are constants, so construction can only fail on a programming
@@ -76,8 +84,19 @@ impl Metrics {
                 "Kafka clients replaced by new ones because they stopped working, by client",
                 "client",
             ),
+            lagging: counter(
+                "subscriber_lags_total",
+                "times a subscriber fell behind and caught up from Kafka",
+            ),
+            replayed: counter("replayed_records_total", "records read by catch-ups from Kafka"),
+            wills: counter("wills_published_total", "will messages published"),
+            sessions_expired: counter("sessions_expired_total", "sessions deleted because they expired"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+            Box::new(metrics.wills.clone()),
+            Box::new(metrics.sessions_expired.clone()),
+            Box::new(metrics.lagging.clone()),
+            Box::new(metrics.replayed.clone()),
             Box::new(metrics.kafka_client_replacements.clone()),
             Box::new(metrics.fanout_consumers.clone()),
             Box::new(metrics.connections.clone()),

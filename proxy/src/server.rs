@@ -17,9 +17,12 @@ use crate::kafka::admin::{self as kafka_admin, AdminError};
 use crate::kafka::consumer::{self, ReaderError, RecordSink, Supervision};
 use crate::kafka::health::Policy;
 use crate::kafka::producer::{PublishError, Publisher};
+use crate::kafka::replay::Replayer;
+use crate::kafka::sessions::SessionStore;
 use crate::listener::{self, Shared, tls::TlsError};
 use crate::metrics::Metrics;
 use crate::mqtt::connect::Limits;
+use crate::mqtt::session as mqtt_session;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -84,6 +87,7 @@ pub struct Server {
     pub admin_address: SocketAddr,
     pub readiness: Arc<Readiness>,
     pub hub: Arc<Hub>,
+    pub sessions: Arc<SessionStore>,
     publisher: Arc<Publisher>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -195,8 +199,13 @@ impl ServerError {
 struct KafkaSide {
     hub: Arc<Hub>,
     publisher: Arc<Publisher>,
+    sessions: Arc<SessionStore>,
+    replayer: Arc<Replayer>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// Catch-ups that read Kafka at once; more wait for a consumer of the pool.
+const CATCH_UP_CONSUMERS: usize = 4;
 
 async fn connect_kafka(
     config: &Config,
@@ -231,7 +240,22 @@ async fn connect_kafka(
         Arc::clone(metrics),
         DELIVERY_QUEUE,
     ));
-    publisher.load_partitions(&hub.messages_topics()).await?;
+    let mut topics = hub.messages_topics();
+    topics.push(config.topics.sessions.clone());
+    publisher.load_partitions(&topics).await?;
+    let sessions = Arc::new(SessionStore::new(
+        &instance,
+        &config.topics.sessions,
+        publisher.partition_count(&config.topics.sessions)?,
+        Arc::clone(&publisher),
+    ));
+    let replayer = Arc::new(Replayer::new(
+        &bootstrap,
+        &properties,
+        &instance,
+        CATCH_UP_CONSUMERS,
+        Arc::clone(metrics),
+    ));
 
     let supervision = Supervision {
         every: options.metadata_refresh.unwrap_or(Duration::from_secs(2)),
@@ -254,7 +278,7 @@ async fn connect_kafka(
         metrics.fanout_consumers.inc();
     }
     tasks.push(publisher.supervise(
-        hub.messages_topics(),
+        topics,
         supervision.every,
         supervision.policy,
         Arc::clone(readiness),
@@ -268,11 +292,28 @@ async fn connect_kafka(
             &config.topics.retained,
             Arc::clone(&sink),
             Arc::clone(retained_loaded),
-            supervision,
+            supervision.clone(),
         )
         .await?,
     );
-    Ok(KafkaSide { hub, publisher, tasks })
+    tasks.push(
+        consumer::start_sessions_reader(&bootstrap, &properties, &instance, Arc::clone(&sessions), supervision).await?,
+    );
+    // The timers of sessions this instance served last (a restarted pod keeps its name).
+    let (h, s, me) = (Arc::clone(&hub), Arc::clone(&sessions), instance.clone());
+    tasks.push(tokio::spawn(async move {
+        while !s.is_loaded() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        mqtt_session::resume_timers(&h, &s, &me).await;
+    }));
+    Ok(KafkaSide {
+        hub,
+        publisher,
+        sessions,
+        replayer,
+        tasks,
+    })
 }
 
 /// Starts everything `config` describes; returns once the listeners accept connections.
@@ -325,12 +366,17 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     let KafkaSide {
         hub,
         publisher,
+        sessions,
+        replayer,
         tasks: kafka_tasks,
     } = kafka;
     tasks.extend(kafka_tasks);
 
     let shared = Shared {
         hub: Arc::clone(&hub),
+        sessions: Arc::clone(&sessions),
+        replayer,
+        instance: Arc::from(config.effective_instance_id().as_str()),
         limits: Arc::new(Limits::from_config(&config)),
         connections: Arc::new(AtomicUsize::new(0)),
     };
@@ -340,6 +386,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         admin_address,
         readiness,
         hub,
+        sessions,
         publisher,
         tasks,
     };

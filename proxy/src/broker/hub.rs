@@ -1,12 +1,22 @@
 //! The hub of one proxy process: live connections by client id, one subscription index
 //! per Kafka messages topic, the retained view, and the way to Kafka. Connections call it
 //! to publish and subscribe; the Kafka readers feed it records to dispatch.
+//!
+//! The in-memory path to a subscriber is only a cache of Kafka. Each QoS > 0 delivery
+//! carries where its record is in Kafka, and the hub tracks, per connection, which of them
+//! are not yet complete ([`Tracking`]). A connection whose queue is full is not given
+//! fewer messages: it is marked *lagging* on that topic from the fan-out's position, gets
+//! no more live deliveries there, and catches up by reading Kafka itself from that
+//! position ([`Hub::rejoin`]) once it has room; a reconnecting persistent session starts
+//! the same way from its stored positions. So memory per connection is bounded, nothing
+//! acknowledged to a publisher is lost to a slow subscriber, and [`Hub::positions`] says
+//! from where a session resumes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::broker::identity::IdentityPatterns;
 use crate::broker::message::Message;
@@ -21,10 +31,33 @@ use crate::metrics::Metrics;
 /// Identifies one live connection of this process.
 pub type ConnId = u64;
 
+/// Where a record is in Kafka.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Offsets per messages topic and partition.
+pub type Positions = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// What a lagging connection must read from Kafka itself: a messages topic, and per
+/// partition the offsets from and up to (not including) which to read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    pub topic: String,
+    pub from: BTreeMap<i32, i64>,
+    pub to: BTreeMap<i32, i64>,
+}
+
 /// A message on its way to one subscriber.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub message: Arc<Message>,
+    /// Where the record is in Kafka; `None` for retained messages sent on SUBSCRIBE. A
+    /// delivery with an origin and QoS > 0 must be completed ([`Hub::complete`]).
+    pub origin: Option<Origin>,
     /// min(published QoS, granted QoS).
     pub qos: u8,
     /// RETAIN flag to send: retained replay, or Retain As Published of a retained message.
@@ -39,11 +72,28 @@ pub struct Registration {
     pub deliveries: mpsc::Receiver<Outgoing>,
     /// Becomes `Some(reason code)` when the hub wants the connection closed (takeover).
     pub kicked: watch::Receiver<Option<u8>>,
+    /// Notified when the connection starts lagging on a topic (see [`Hub::rejoin`]).
+    pub lagging: Arc<Notify>,
+}
+
+/// Which QoS > 0 deliveries of one connection are not complete, and where it lags.
+#[derive(Debug, Default)]
+struct Tracking {
+    /// Origins handed to the connection and not completed: (topic, partition) -> offset
+    /// -> how many deliveries of it (a record can match twice, e.g. a shared and a plain
+    /// subscription).
+    outstanding: HashMap<(Arc<str>, i32), BTreeMap<i64, u32>>,
+    /// Topics on which live deliveries are skipped, with the positions to catch up from.
+    lagging: HashMap<String, BTreeMap<i32, i64>>,
+    /// Catch-ups under way: the next offset each will read.
+    replaying: HashMap<String, BTreeMap<i32, i64>>,
 }
 
 struct Live {
     deliveries: mpsc::Sender<Outgoing>,
     kick: watch::Sender<Option<u8>>,
+    tracking: Mutex<Tracking>,
+    lagging: Arc<Notify>,
 }
 
 /// 0x8E Session taken over.
@@ -59,6 +109,9 @@ pub struct Hub {
     live: RwLock<HashMap<ConnId, Live>>,
     clients: Mutex<HashMap<String, ConnId>>,
     indexes: HashMap<String, RwLock<SubscriptionIndex<ConnId>>>,
+    /// Per messages topic, the offset the fan-out dispatches next in each partition;
+    /// changed only under that topic's index lock.
+    fanout: HashMap<String, Mutex<BTreeMap<i32, i64>>>,
     retained: RwLock<RetainedStore<Arc<Message>>>,
 }
 
@@ -69,6 +122,9 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 }
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Hub {
@@ -85,6 +141,11 @@ impl Hub {
             .into_iter()
             .map(|t| (t.to_owned(), RwLock::new(SubscriptionIndex::new())))
             .collect();
+        let fanout = routes
+            .all_messages_topics()
+            .into_iter()
+            .map(|t| (t.to_owned(), Mutex::new(BTreeMap::new())))
+            .collect();
         Self {
             routes,
             identities,
@@ -95,6 +156,7 @@ impl Hub {
             live: RwLock::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             indexes,
+            fanout,
             retained: RwLock::new(RetainedStore::new()),
         }
     }
@@ -113,16 +175,35 @@ impl Hub {
     }
 
     /// Registers a connection for `client_id`; an older connection of the same client id
-    /// on this process is told to close with 0x8E (Session taken over).
-    pub fn register(&self, client_id: &str) -> Registration {
+    /// on this process is told to close with 0x8E (Session taken over). `resume_from`
+    /// are the positions of a resumed session: the connection starts lagging there, and
+    /// catches up from them (partitions it has no position for start at the fan-out's).
+    pub fn register(&self, client_id: &str, resume_from: &Positions) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliveries_tx, deliveries) = mpsc::channel(self.queue_capacity);
         let (kick, kicked) = watch::channel(None);
+        let mut tracking = Tracking::default();
+        for (topic, stored) in resume_from {
+            let Some(fanout) = self.fanout.get(topic) else { continue };
+            let mut from = locked(fanout).clone();
+            for (partition, offset) in stored {
+                if let Some(at) = from.get_mut(partition) {
+                    *at = (*offset).min(*at);
+                }
+            }
+            tracking.lagging.insert(topic.clone(), from);
+        }
+        let lagging = Arc::new(Notify::new());
+        if !tracking.lagging.is_empty() {
+            lagging.notify_one();
+        }
         write(&self.live).insert(
             id,
             Live {
                 deliveries: deliveries_tx,
                 kick,
+                tracking: Mutex::new(tracking),
+                lagging: Arc::clone(&lagging),
             },
         );
         let previous = self
@@ -135,7 +216,151 @@ impl Hub {
         {
             old.kick.send_replace(Some(SESSION_TAKEN_OVER));
         }
-        Registration { id, deliveries, kicked }
+        Registration {
+            id,
+            deliveries,
+            kicked,
+            lagging,
+        }
+    }
+
+    /// A delivery with `origin` is complete (acknowledged, or sent at QoS 0, or discarded
+    /// for a reason that will not change: expired, too large).
+    pub fn complete(&self, id: ConnId, origin: &Origin) {
+        let live = read(&self.live);
+        let Some(connection) = live.get(&id) else { return };
+        let mut tracking = locked(&connection.tracking);
+        let key = (Arc::clone(&origin.topic), origin.partition);
+        if let Some(offsets) = tracking.outstanding.get_mut(&key)
+            && let Some(count) = offsets.get_mut(&origin.offset)
+        {
+            *count -= 1;
+            if *count == 0 {
+                offsets.remove(&origin.offset);
+            }
+        }
+    }
+
+    /// A delivery with `origin` is about to be sent by a catch-up (it did not come through
+    /// the fan-out, so the hub did not count it).
+    pub fn track(&self, id: ConnId, origin: &Origin) {
+        let live = read(&self.live);
+        let Some(connection) = live.get(&id) else { return };
+        let mut tracking = locked(&connection.tracking);
+        *tracking
+            .outstanding
+            .entry((Arc::clone(&origin.topic), origin.partition))
+            .or_default()
+            .entry(origin.offset)
+            .or_default() += 1;
+        if let Some(next) = tracking
+            .replaying
+            .get_mut(&*origin.topic)
+            .and_then(|r| r.get_mut(&origin.partition))
+        {
+            *next = (*next).max(origin.offset + 1);
+        }
+    }
+
+    /// A catch-up read `partition` of `kafka_topic` up to `next` (records that did not
+    /// match count too).
+    pub fn replayed_to(&self, id: ConnId, kafka_topic: &str, partition: i32, next: i64) {
+        let live = read(&self.live);
+        let Some(connection) = live.get(&id) else { return };
+        if let Some(at) = locked(&connection.tracking)
+            .replaying
+            .get_mut(kafka_topic)
+            .and_then(|r| r.get_mut(&partition))
+        {
+            *at = (*at).max(next);
+        }
+    }
+
+    /// Ends the lag of connection `id` on one topic: live deliveries resume from the
+    /// fan-out's current position, and the returned range `(from, to)` is what the
+    /// connection must read from Kafka itself to have everything, in order. `None` when
+    /// it lags nowhere.
+    pub fn rejoin(&self, id: ConnId) -> Option<CatchUp> {
+        let topic = {
+            let live = read(&self.live);
+            let connection = live.get(&id)?;
+            let tracking = locked(&connection.tracking);
+            tracking.lagging.keys().next()?.clone()
+        };
+        let index = self.indexes.get(&topic)?;
+        // The index's write lock stops the fan-out of this topic between taking the lag
+        // off and reading its position: every record is either before `to` (caught up)
+        // or dispatched live after it.
+        let _dispatch = write(index);
+        let to = locked(self.fanout.get(&topic)?).clone();
+        let live = read(&self.live);
+        let connection = live.get(&id)?;
+        let mut tracking = locked(&connection.tracking);
+        let from = tracking.lagging.remove(&topic)?;
+        tracking.replaying.insert(topic.clone(), from.clone());
+        Some(CatchUp { topic, from, to })
+    }
+
+    /// The catch-up of `kafka_topic` is over.
+    pub fn replay_done(&self, id: ConnId, kafka_topic: &str) {
+        let live = read(&self.live);
+        if let Some(connection) = live.get(&id) {
+            locked(&connection.tracking).replaying.remove(kafka_topic);
+        }
+    }
+
+    /// Where the fan-out of every messages topic is now: the positions of a session that
+    /// has seen everything so far.
+    pub fn fanout_positions(&self) -> Positions {
+        self.fanout
+            .iter()
+            .map(|(topic, positions)| (topic.clone(), locked(positions).clone()))
+            .collect()
+    }
+
+    /// From where connection `id` would resume now: per messages topic and partition, the
+    /// oldest record not yet delivered and acknowledged.
+    pub fn positions(&self, id: ConnId) -> Positions {
+        // The fan-out positions first: a record dispatched before this read is already
+        // counted as outstanding below (dispatch counts it before it advances).
+        let fanout = self.fanout_positions();
+        let live = read(&self.live);
+        let Some(connection) = live.get(&id) else {
+            return fanout;
+        };
+        let tracking = locked(&connection.tracking);
+        let mut positions = fanout;
+        for (topic, partitions) in &mut positions {
+            for (partition, at) in partitions.iter_mut() {
+                let behind = [
+                    tracking.lagging.get(topic).and_then(|l| l.get(partition)),
+                    tracking.replaying.get(topic).and_then(|r| r.get(partition)),
+                ];
+                for offset in behind.into_iter().flatten() {
+                    *at = (*at).min(*offset);
+                }
+            }
+        }
+        for ((topic, partition), offsets) in &tracking.outstanding {
+            if let Some(oldest) = offsets.keys().next()
+                && let Some(at) = positions.get_mut(&**topic).and_then(|p| p.get_mut(partition))
+            {
+                *at = (*at).min(*oldest);
+            }
+        }
+        positions
+    }
+
+    /// The delivery to connection `id` of a record its catch-up read, by its subscriptions
+    /// (`None`: it does not match).
+    pub fn route_for(&self, id: ConnId, kafka_topic: &str, message: &Message) -> Option<(u8, bool, Vec<u32>)> {
+        let index = read(self.indexes.get(kafka_topic)?);
+        let delivery = index.route_subscriber(id, &message.topic, message.publisher.as_deref())?;
+        Some((
+            delivery.qos.min(message.qos),
+            delivery.retain_as_published && message.retain,
+            delivery.identifiers,
+        ))
     }
 
     /// Forgets a connection and all its subscriptions.
@@ -234,28 +459,75 @@ impl Hub {
 }
 
 impl RecordSink for Hub {
-    fn deliver(&self, kafka_topic: &str, message: Message) {
-        let Some(index) = self.indexes.get(kafka_topic) else {
+    fn deliver(&self, kafka_topic: &str, partition: i32, offset: i64, message: Message) {
+        let (Some(index), Some(fanout)) = (self.indexes.get(kafka_topic), self.fanout.get(kafka_topic)) else {
             return;
         };
-        let deliveries = read(index).route(&message.topic, message.publisher.as_deref());
-        if deliveries.is_empty() {
-            return;
+        // Held until the position moves past this record (see `rejoin` and `positions`).
+        let index = read(index);
+        let deliveries = index.route(&message.topic, message.publisher.as_deref());
+        if !deliveries.is_empty() {
+            let message = Arc::new(message);
+            let origin = Origin {
+                topic: Arc::from(kafka_topic),
+                partition,
+                offset,
+            };
+            let live = read(&self.live);
+            for delivery in deliveries {
+                let Some(connection) = live.get(&delivery.subscriber) else {
+                    continue;
+                };
+                let qos = delivery.qos.min(message.qos);
+                let outgoing = Outgoing {
+                    message: Arc::clone(&message),
+                    origin: Some(origin.clone()),
+                    qos,
+                    retain: delivery.retain_as_published && message.retain,
+                    identifiers: delivery.identifiers,
+                };
+                if qos == 0 {
+                    if connection.deliveries.try_send(outgoing).is_err() {
+                        self.metrics.dropped.with_label_values(&["queue_full"]).inc();
+                    }
+                    continue;
+                }
+                let mut tracking = locked(&connection.tracking);
+                if tracking.lagging.contains_key(kafka_topic) {
+                    continue; // its catch-up reads this record from Kafka
+                }
+                let key = (Arc::clone(&origin.topic), partition);
+                *tracking
+                    .outstanding
+                    .entry(key.clone())
+                    .or_default()
+                    .entry(offset)
+                    .or_default() += 1;
+                if connection.deliveries.try_send(outgoing).is_err() {
+                    if let Some(offsets) = tracking.outstanding.get_mut(&key)
+                        && let Some(count) = offsets.get_mut(&offset)
+                    {
+                        *count -= 1;
+                        if *count == 0 {
+                            offsets.remove(&offset);
+                        }
+                    }
+                    // Behind from here on this topic: the fan-out has not moved past this
+                    // record yet, so its positions are exactly where to catch up from.
+                    tracking.lagging.insert(kafka_topic.to_owned(), locked(fanout).clone());
+                    connection.lagging.notify_one();
+                    self.metrics.lagging.inc();
+                }
+            }
         }
-        let message = Arc::new(message);
-        let live = read(&self.live);
-        for delivery in deliveries {
-            let Some(connection) = live.get(&delivery.subscriber) else {
-                continue;
-            };
-            let outgoing = Outgoing {
-                message: Arc::clone(&message),
-                qos: delivery.qos.min(message.qos),
-                retain: delivery.retain_as_published && message.retain,
-                identifiers: delivery.identifiers,
-            };
-            if connection.deliveries.try_send(outgoing).is_err() {
-                self.metrics.dropped.with_label_values(&["queue_full"]).inc();
+        locked(fanout).insert(partition, offset + 1);
+    }
+
+    fn fanout_started(&self, kafka_topic: &str, ends: &[(i32, i64)]) {
+        if let Some(fanout) = self.fanout.get(kafka_topic) {
+            let mut fanout = locked(fanout);
+            for (partition, end) in ends {
+                fanout.entry(*partition).or_insert(*end);
             }
         }
     }

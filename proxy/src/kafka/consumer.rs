@@ -21,8 +21,10 @@ use crate::metrics::Metrics;
 
 /// Where records go once decoded; the broker implements it.
 pub trait RecordSink: Send + Sync + 'static {
-    /// A record of messages topic `kafka_topic`, live.
-    fn deliver(&self, kafka_topic: &str, message: Message);
+    /// The fan-out of `kafka_topic` reads each partition from these offsets on.
+    fn fanout_started(&self, kafka_topic: &str, ends: &[(i32, i64)]);
+    /// A record of messages topic `kafka_topic` at `partition` / `offset`, live.
+    fn deliver(&self, kafka_topic: &str, partition: i32, offset: i64, message: Message);
     /// A retained-topic record: `Some` sets the retained message of `topic`, `None` deletes it.
     fn retained(&self, topic: &str, message: Option<Message>);
     /// A record that cannot be delivered (null key, bad key).
@@ -105,7 +107,7 @@ fn try_high_watermarks<C: Consumer>(
         .collect()
 }
 
-fn decode(record: &BorrowedMessage<'_>) -> Result<Message, RecordError> {
+pub(crate) fn decode(record: &BorrowedMessage<'_>) -> Result<Message, RecordError> {
     let headers = record.headers();
     let pairs = headers.iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
     let timestamp = record.timestamp().to_millis().unwrap_or_else(now_ms);
@@ -293,7 +295,9 @@ pub async fn start_fanout(
 ) -> Result<tokio::task::JoinHandle<()>, ReaderError> {
     let group = format!("mqtt-kafka-fanout-{instance}");
     let name = format!("fan-out {topic}");
-    let (mut reader, _) = FollowedConsumer::start(name, bootstrap, properties, &group, topic, Offset::Offset).await?;
+    let (mut reader, ends) =
+        FollowedConsumer::start(name, bootstrap, properties, &group, topic, Offset::Offset).await?;
+    sink.fanout_started(topic, &ends);
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
         let every = supervision.every;
@@ -304,7 +308,7 @@ pub async fn start_fanout(
                 received = consumer.recv() => match received {
                     Ok(record) => {
                         match decode(&record) {
-                            Ok(message) => sink.deliver(&topic, message),
+                            Ok(message) => sink.deliver(&topic, record.partition(), record.offset(), message),
                             Err(error) => sink.skipped(&topic, error),
                         }
                         reader.seen(record.partition(), record.offset());
@@ -417,6 +421,10 @@ pub async fn start_sessions_reader(
     let (mut reader, ends) =
         FollowedConsumer::start(name, bootstrap, properties, &group, &topic, |_| Offset::Beginning).await?;
     let ends: Vec<(i32, i64)> = ends;
+    let loading = "sessions";
+    supervision
+        .readiness
+        .report(loading, Some("still loading the sessions topic".into()));
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut last_check = tokio::time::Instant::now();
@@ -424,6 +432,7 @@ pub async fn start_sessions_reader(
             if !store.is_loaded() && ends.iter().all(|(p, end)| store.read_up_to(*p) >= *end) {
                 tracing::info!(%topic, sessions = store.len(), "sessions loaded");
                 store.set_loaded();
+                supervision.readiness.report(loading, None);
             }
             let consumer = Arc::clone(&reader.consumer);
             tokio::select! {

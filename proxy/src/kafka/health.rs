@@ -28,6 +28,10 @@ impl Default for Policy {
     }
 }
 
+/// How long requests must have failed before readiness says so: one lost request (a
+/// connection the broker closed, a leader moving) is not an outage.
+pub const REPORT_AFTER: Duration = Duration::from_secs(2);
+
 /// What one client has seen since it was created.
 #[derive(Clone, Debug)]
 pub struct ClientHealth {
@@ -85,8 +89,10 @@ impl ClientHealth {
         let since = |at: &Instant| now.saturating_duration_since(*at).as_secs();
         match (&self.deliveries_failing, &self.requests_failing) {
             (Some((at, error)), _) => Some(format!("cannot deliver records for {} s: {error}", since(at))),
-            (None, Some((at, error))) => Some(format!("cannot reach Kafka for {} s: {error}", since(at))),
-            (None, None) => None,
+            (None, Some((at, error))) if now.saturating_duration_since(*at) >= REPORT_AFTER => {
+                Some(format!("cannot reach Kafka for {} s: {error}", since(at)))
+            }
+            (None, _) => None,
         }
     }
 
@@ -151,10 +157,11 @@ mod tests {
     }
 
     #[test]
-    fn failing_requests_are_reported_at_once_and_replace_the_client_after_the_policy() {
+    fn failing_requests_are_reported_after_a_moment_and_replace_the_client_after_the_policy() {
         let t = Instant::now();
         let mut h = ClientHealth::new(t);
         h.request_failed(at(t, 20), "BrokerTransportFailure");
+        assert_eq!(h.problem(at(t, 21)), None, "one failed request is not an outage");
         assert_eq!(
             h.problem(at(t, 23)).as_deref(),
             Some("cannot reach Kafka for 3 s: BrokerTransportFailure")

@@ -7,4 +7,5 @@ pub mod health;
 pub mod partitioner;
 pub mod producer;
 pub mod record;
+pub mod replay;
 pub mod sessions;

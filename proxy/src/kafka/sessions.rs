@@ -25,6 +25,8 @@ pub enum SessionError {
     Kafka(#[from] PublishError),
     #[error("the sessions topic {topic} was not read up to date within {waited:?}")]
     NotCaughtUp { topic: String, waited: Duration },
+    #[error("session {client_id} generation {generation} was superseded by a newer CONNECT")]
+    Superseded { client_id: String, generation: u64 },
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -40,6 +42,9 @@ struct Watcher {
 
 /// The view of the sessions topic, and the way to write it.
 pub struct SessionStore {
+    /// This process's instance id: the sessions it hosts are re-asserted when a stale
+    /// record lands after theirs.
+    instance: String,
     topic: String,
     partitions: i32,
     publisher: Arc<Publisher>,
@@ -54,8 +59,9 @@ pub struct SessionStore {
 }
 
 impl SessionStore {
-    pub fn new(topic: &str, partitions: i32, publisher: Arc<Publisher>) -> Self {
+    pub fn new(instance: &str, topic: &str, partitions: i32, publisher: Arc<Publisher>) -> Self {
         Self {
+            instance: instance.to_owned(),
             topic: topic.to_owned(),
             partitions: partitions.max(1),
             publisher,
@@ -159,18 +165,38 @@ impl SessionStore {
                 return;
             }
         };
-        self.put(state);
+        if let Some(newer) = self.put(state) {
+            // A stale writer's record landed after the newer one: compaction would keep
+            // the stale one, so the process that holds the newer one writes it again.
+            if newer.host.as_deref() == Some(self.instance.as_str()) {
+                let partition = self.partition_of(&newer.client_id);
+                let value = newer.encode();
+                match self
+                    .publisher
+                    .enqueue_keyed(&self.topic, partition, &newer.client_id, Some(&value))
+                {
+                    Ok(written) => {
+                        tokio::spawn(async move {
+                            if let Err(error) = written.await {
+                                tracing::warn!(%error, "session not re-asserted over a stale record");
+                            }
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "session not re-asserted over a stale record"),
+                }
+            }
+        }
     }
 
-    /// Puts a state in the view unless the view has a newer generation already; tells a
-    /// watcher of an older generation that its session was taken over.
-    fn put(&self, state: SessionState) {
+    /// Puts a state in the view unless the view has a newer generation already (returned
+    /// then); tells a watcher of an older generation that its session was taken over.
+    fn put(&self, state: SessionState) -> Option<SessionState> {
         let generation = state.generation;
         let client_id = state.client_id.clone();
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-            if sessions.get(&client_id).is_some_and(|s| s.generation > generation) {
-                return;
+            if let Some(newer) = sessions.get(&client_id).filter(|s| s.generation > generation) {
+                return Some(newer.clone());
             }
             sessions.insert(client_id.clone(), state);
         }
@@ -179,6 +205,18 @@ impl SessionStore {
         {
             watcher.taken_over.send_replace(true);
         }
+        None
+    }
+
+    /// The sessions whose last host is `instance`.
+    pub fn hosted_by(&self, instance: &str) -> Vec<SessionState> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.host.as_deref() == Some(instance))
+            .cloned()
+            .collect()
     }
 
     /// Reads the topic's end for `client_id`'s partition and waits until the view holds it,
@@ -191,12 +229,21 @@ impl SessionStore {
 
     /// Stores `state` and waits for Kafka's acknowledgement; the view has it at once.
     pub async fn store(&self, state: &SessionState) -> Result<(), SessionError> {
+        if self
+            .get(&state.client_id)
+            .is_some_and(|s| s.generation > state.generation)
+        {
+            return Err(SessionError::Superseded {
+                client_id: state.client_id.clone(),
+                generation: state.generation,
+            });
+        }
         let partition = self.partition_of(&state.client_id);
         let value = state.encode();
         let written = self
             .publisher
             .enqueue_keyed(&self.topic, partition, &state.client_id, Some(&value))?;
-        self.put(state.clone());
+        let _ = self.put(state.clone());
         written.await?;
         Ok(())
     }
@@ -241,7 +288,7 @@ mod tests {
 
     fn store() -> SessionStore {
         let publisher = Publisher::new("127.0.0.1:1", &[], "r", Duration::from_secs(1)).expect("producer");
-        SessionStore::new("s", 3, Arc::new(publisher))
+        SessionStore::new("p9", "s", 3, Arc::new(publisher))
     }
 
     fn state(generation: u64) -> SessionState {

@@ -18,12 +18,18 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::hub::Hub;
+use crate::kafka::replay::Replayer;
+use crate::kafka::sessions::SessionStore;
 use crate::mqtt::connect::Limits;
 
 /// What every connection of a listener shares.
 #[derive(Clone)]
 pub struct Shared {
     pub hub: Arc<Hub>,
+    pub sessions: Arc<SessionStore>,
+    pub replayer: Arc<Replayer>,
+    /// This process's instance id (it hosts the sessions of its connections).
+    pub instance: Arc<str>,
     pub limits: Arc<Limits>,
     /// Live MQTT connections of the whole process (for `mqtt.maxConnections`).
     pub connections: Arc<AtomicUsize>,

@@ -12,7 +12,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Shared) {
     accept_each(listener, move |stream, peer| {
         let shared = shared.clone();
         async move {
-            connection::serve(stream, shared.hub, shared.limits, shared.connections).await;
+            connection::serve(stream, shared).await;
             tracing::trace!(%peer, "connection closed");
         }
     })

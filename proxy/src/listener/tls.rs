@@ -137,7 +137,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: S
         async move {
             match handshake(&acceptor, stream, &shared).await {
                 Ok(tls) => {
-                    connection::serve(tls, shared.hub, shared.limits, shared.connections).await;
+                    connection::serve(tls, shared).await;
                     tracing::trace!(%peer, "TLS connection closed");
                 }
                 // Scanners and clients that do not trust the certificate end up here: worth a

@@ -153,7 +153,7 @@ where
 {
     match upgrade(stream, path, &shared).await {
         Ok(io) => {
-            connection::serve(io, shared.hub, shared.limits, shared.connections).await;
+            connection::serve(io, shared).await;
             tracing::trace!(%peer, "WebSocket connection closed");
         }
         // Includes refused upgrades (wrong path, no sub-protocol), which were answered.

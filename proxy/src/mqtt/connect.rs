@@ -28,6 +28,8 @@ pub struct Limits {
     pub qos_max: u8,
     /// Deliveries that may wait for a connection's in-flight window.
     pub outbound_queue: usize,
+    /// The longest Session Expiry Interval granted (seconds).
+    pub session_expiry_max: u32,
 }
 
 impl Limits {
@@ -46,6 +48,7 @@ impl Limits {
             max_inflight_outbound: m.max_inflight_outbound,
             qos_max: config.publish.qos_max.as_u8(),
             outbound_queue: 1000,
+            session_expiry_max: m.session_expiry_max,
         }
     }
 }
@@ -132,9 +135,8 @@ pub fn connack(accepted: &Accepted, limits: &Limits) -> ConnectAck {
     ConnectAck {
         session_present: false,
         reason_code: ConnectAckReason::Success,
-        // Sessions end with the connection until persistent sessions land; telling the
-        // client keeps it from expecting messages it will not get.
-        session_expiry_interval_secs: Some(0),
+        // Set by the connection when it grants less than the client asked for.
+        session_expiry_interval_secs: None,
         receive_max: NonZeroU16::new(limits.receive_maximum).unwrap_or(NonZeroU16::MAX),
         max_qos: match limits.qos_max {
             0 => QoS::AtMostOnce,

@@ -2,7 +2,7 @@
 //! the hub, answers acknowledgements in order, delivers what the hub dispatches within the
 //! client's window, and enforces every limit with the reason code the spec names.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,22 +15,28 @@ use futures::{SinkExt, StreamExt};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{
-    ConnectAckReason, Disconnect, DisconnectReasonCode, LastWill, Packet, PublishAck, PublishAck2, PublishAck2Reason,
+    ConnectAckReason, Disconnect, DisconnectReasonCode, Packet, PublishAck, PublishAck2, PublishAck2Reason,
     PublishAckReason, PublishProperties, RetainHandling, Subscribe, SubscribeAck, SubscribeAckReason, ToReasonCode,
     Unsubscribe, UnsubscribeAck, UnsubscribeAckReason, UserProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
-use crate::broker::hub::{ConnId, Hub, Outgoing, Registration};
+use crate::broker::hub::{CatchUp, ConnId, Hub, Origin, Outgoing, Positions, Registration};
 use crate::broker::message::{Message, MessageProperties, now_ms};
+use crate::broker::session::{ConnectRequest, Departure, SessionState, StoredSubscription};
 use crate::broker::subscriptions::Subscription;
 use crate::broker::topic;
 use crate::kafka::producer::PublishError;
+use crate::kafka::replay::{Replayed, Replayer};
+use crate::kafka::sessions::SessionStore;
+use crate::listener::Shared;
 use crate::mqtt::codec::{MqttCodec, Version};
 use crate::mqtt::connect::{self, Limits};
 use crate::mqtt::inflight::{AckOutcome, Inflight};
+use crate::mqtt::session;
 use crate::mqtt::topic_alias::{InboundAliases, OutboundAliases, OutboundTopic};
 
 type Transport<S> = Framed<S, MqttCodec>;
@@ -39,12 +45,19 @@ type Qos0Delivery = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send
 const DELIVERY_BATCH: usize = 256;
 type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
 
-/// Serves one accepted byte stream until it closes. `connections` counts this process's
-/// live MQTT connections (for `maxConnections`).
-pub async fn serve<S>(stream: S, hub: Arc<Hub>, limits: Arc<Limits>, connections: Arc<AtomicUsize>)
+/// Serves one accepted byte stream until it closes.
+pub async fn serve<S>(stream: S, shared: Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Shared {
+        hub,
+        sessions,
+        replayer,
+        instance,
+        limits,
+        connections,
+    } = shared;
     let mut transport = Framed::new(stream, MqttCodec::new(limits.maximum_packet_size));
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
@@ -63,23 +76,55 @@ where
         return;
     };
     let counter = ConnectionSlot::take(&connections);
+    let refuse = async |transport: &mut Transport<S>, reason: ConnectAckReason| {
+        hub.metrics()
+            .connects
+            .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+            .inc();
+        let _ = transport
+            .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
+            .await;
+    };
     let accepted = match connect::accept(&connect, version, &limits, counter.others(), assign_client_id) {
         Ok(accepted) => accepted,
-        Err(reason) => {
-            hub.metrics()
-                .connects
-                .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
-                .inc();
-            let _ = transport
-                .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
-                .await;
-            return;
-        }
+        Err(reason) => return refuse(&mut transport, reason).await,
     };
     if let Some(max) = connect.max_packet_size {
         transport.codec_mut().set_max_outbound(max.get());
     }
-    let registration = hub.register(&accepted.client_id);
+    let expiry_secs = connect.session_expiry_interval_secs.min(limits.session_expiry_max);
+    let request = ConnectRequest {
+        client_id: accepted.client_id.clone(),
+        clean_start: connect.clean_start,
+        expiry_secs,
+        protocol: match version {
+            Version::V3 => 4,
+            Version::V5 => 5,
+        },
+        will: connect.last_will.as_ref().map(session::stored_will),
+        host: instance.to_string(),
+    };
+    let opened = match session::open(&hub, &sessions, request).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
+            return refuse(&mut transport, ConnectAckReason::ServerUnavailable).await;
+        }
+    };
+    let resume_from = if opened.session_present {
+        opened.state.positions.clone()
+    } else {
+        Positions::new()
+    };
+    // Registered (lagging from its positions) before its subscriptions exist, so every
+    // record is either caught up from Kafka or delivered live, none twice.
+    let registration = hub.register(&accepted.client_id, &resume_from);
+    for stored in &opened.state.subscriptions {
+        if let Some(subscription) = stored.to_subscription() {
+            hub.subscribe(registration.id, &accepted.client_id, &subscription);
+        }
+    }
+    let taken_over = sessions.watch(&accepted.client_id, opened.state.generation);
     let window = connect
         .receive_max
         .map_or(u16::MAX, NonZeroU16::get)
@@ -89,41 +134,81 @@ where
         client_id: accepted.client_id.clone(),
         version,
         hub: Arc::clone(&hub),
+        sessions: Arc::clone(&sessions),
+        replayer,
         limits: Arc::clone(&limits),
         inflight: Inflight::new(window, limits.outbound_queue),
+        origins: HashMap::new(),
         out_aliases: OutboundAliases::new(connect.topic_alias_max),
         in_aliases: InboundAliases::new(limits.topic_alias_maximum),
         pending_acks: FuturesOrdered::new(),
         pending_ids: HashSet::new(),
         qos0_deliveries: FuturesUnordered::new(),
-        qos2_received: HashSet::new(),
-        will: connect.last_will.clone(),
+        qos2_received: opened.state.qos2_pending.iter().copied().collect(),
+        session: opened.state,
+        saved_positions: resume_from,
+        catch_up_wanted: false,
+        replay: None,
+        expiry_on_disconnect: None,
     };
-    let connack = connect::connack(&accepted, &limits);
+    let mut connack = connect::connack(&accepted, &limits);
+    connack.session_present = opened.session_present;
+    connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
     hub.metrics().connects.with_label_values(&["success"]).inc();
     if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
         hub.unregister(registration.id, &accepted.client_id);
+        sessions.unwatch(&accepted.client_id, connection.session.generation);
+        session::close(
+            &hub,
+            &sessions,
+            &connection.session,
+            connection.saved_positions.clone(),
+            Departure::Abnormal,
+            None,
+        )
+        .await;
         return;
     }
     hub.metrics().connections.inc();
-    tracing::debug!(client_id = %accepted.client_id, ?version, "connected");
-    let ending = connection.run(&mut transport, registration, accepted.keep_alive).await;
+    tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
+    let ending = connection
+        .run(&mut transport, registration, taken_over, accepted.keep_alive)
+        .await;
     hub.metrics().connections.dec();
+    let positions = hub.positions(connection.id);
     hub.unregister(connection.id, &connection.client_id);
-    match ending {
-        Ending::Normal => {}
-        Ending::Abnormal(reason) => {
-            if let Some(reason) = reason {
-                hub.metrics()
-                    .disconnects
-                    .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
-                    .inc();
-                if version == Version::V5 {
-                    let _ = transport.send(Packet::Disconnect(Disconnect::new(reason))).await;
-                }
-            }
-            connection.publish_will();
+    sessions.unwatch(&connection.client_id, connection.session.generation);
+    let departure = match &ending {
+        Ending::Normal => Departure::Normal,
+        Ending::Abnormal(_) | Ending::TakenOver => Departure::Abnormal,
+    };
+    if let Some(reason) = ending.reason() {
+        hub.metrics()
+            .disconnects
+            .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+            .inc();
+        if version == Version::V5 {
+            let _ = transport.send(Packet::Disconnect(Disconnect::new(reason))).await;
         }
+    }
+    if matches!(ending, Ending::TakenOver) {
+        // The session lives on with the newer connection; only a will without delay is
+        // this connection's to publish (§3.1.4).
+        if let Some(will) = connection.session.will.as_ref().filter(|w| w.delay_secs == 0) {
+            session::publish_will(&hub, will, &connection.client_id);
+        }
+    } else {
+        let mut state = connection.session.clone();
+        state.qos2_pending = connection.qos2_received.iter().copied().collect();
+        session::close(
+            &hub,
+            &sessions,
+            &state,
+            positions,
+            departure,
+            connection.expiry_on_disconnect,
+        )
+        .await;
     }
     let _ = transport.get_mut().shutdown().await;
     drop(counter);
@@ -193,15 +278,39 @@ enum Ending {
     Normal,
     /// Anything else; `Some(code)` is the DISCONNECT reason to send (5.0).
     Abnormal(Option<DisconnectReasonCode>),
+    /// A newer connection of the same client id (on any process) took the session.
+    TakenOver,
 }
+
+impl Ending {
+    /// The DISCONNECT reason code to send, if any.
+    fn reason(&self) -> Option<DisconnectReasonCode> {
+        match self {
+            Ending::Normal => None,
+            Ending::Abnormal(reason) => *reason,
+            Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+        }
+    }
+}
+
+/// A catch-up under way: the messages topic it reads and what it has read.
+type Replay = (Arc<str>, mpsc::Receiver<Replayed>);
+
+/// How often the positions of a connected persistent session are stored, so that a
+/// process that dies costs at most this much redelivery.
+const SAVE_POSITIONS_EVERY: Duration = Duration::from_secs(5);
 
 struct Connection {
     id: ConnId,
     client_id: String,
     version: Version,
     hub: Arc<Hub>,
+    sessions: Arc<SessionStore>,
+    replayer: Arc<Replayer>,
     limits: Arc<Limits>,
     inflight: Inflight<Outgoing>,
+    /// Where the message behind each outbound packet id is in Kafka.
+    origins: HashMap<u16, Origin>,
     out_aliases: OutboundAliases,
     in_aliases: InboundAliases,
     /// QoS 1/2 PUBLISHes waiting for Kafka, in arrival order (acks go out in that order).
@@ -211,7 +320,15 @@ struct Connection {
     qos0_deliveries: FuturesUnordered<Qos0Delivery>,
     /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
     qos2_received: HashSet<u16>,
-    will: Option<LastWill>,
+    /// The session as stored (subscriptions, will, expiry).
+    session: SessionState,
+    /// The positions last stored, to store them again only when they moved.
+    saved_positions: Positions,
+    /// The hub said this connection lags: catch up once the live queue is drained.
+    catch_up_wanted: bool,
+    replay: Option<Replay>,
+    /// A Session Expiry Interval the client's DISCONNECT set.
+    expiry_on_disconnect: Option<u32>,
 }
 
 /// What handling one packet asks of the loop.
@@ -222,24 +339,38 @@ fn protocol_error() -> Ending {
 }
 
 impl Connection {
-    async fn run<S>(&mut self, transport: &mut Transport<S>, registration: Registration, keep_alive: u16) -> Ending
+    async fn run<S>(
+        &mut self,
+        transport: &mut Transport<S>,
+        registration: Registration,
+        mut taken_over: watch::Receiver<bool>,
+        keep_alive: u16,
+    ) -> Ending
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let Registration {
             mut deliveries,
             mut kicked,
+            lagging,
             ..
         } = registration;
+        let mut save = tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY);
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let far_future = Duration::from_secs(86_400 * 365);
         let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
         tokio::pin!(deadline);
         loop {
+            if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
+                self.start_catch_up();
+            }
+            let live_open = self.replay.is_none() && self.inflight.has_room();
+            let replay_open = self.replay.is_some() && self.inflight.has_room();
             let step = tokio::select! {
                 biased;
-                _ = kicked.changed() => Err(Ending::Abnormal(Some(DisconnectReasonCode::SessionTakenOver))),
+                _ = kicked.changed() => Err(Ending::TakenOver),
+                Ok(()) = taken_over.changed() => Err(Ending::TakenOver),
                 Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.on_kafka_ack(transport, id, qos, result).await
                 }
@@ -256,17 +387,26 @@ impl Connection {
                     }
                     None => Err(Ending::Abnormal(None)),
                 },
-                Some(outgoing) = deliveries.recv() => {
+                Some(outgoing) = deliveries.recv(), if live_open => {
                     // Take what else is waiting too, so a burst is written with one flush
                     // instead of one write per message.
                     let mut step = self.deliver(transport, outgoing).await;
                     let mut batch = 1;
-                    while step.is_ok() && batch < DELIVERY_BATCH {
+                    while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
                         let Ok(next) = deliveries.try_recv() else { break };
                         step = self.deliver(transport, next).await;
                         batch += 1;
                     }
                     step
+                }
+                replayed = recv_replay(&mut self.replay), if replay_open => self.on_replayed(transport, replayed).await,
+                () = lagging.notified() => {
+                    self.catch_up_wanted = true;
+                    Ok(())
+                }
+                _ = save.tick() => {
+                    self.save_positions();
+                    Ok(())
                 }
                 Some(result) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => {
                     if let Err(error) = result {
@@ -294,6 +434,7 @@ impl Connection {
             Packet::Publish(publish) => self.on_publish(transport, *publish).await,
             Packet::PublishAck(ack) => {
                 if self.inflight.on_puback(ack.packet_id) == AckOutcome::Completed {
+                    self.completed(ack.packet_id);
                     self.drain_queue(transport).await?;
                 }
                 Ok(())
@@ -302,6 +443,7 @@ impl Connection {
                 if u8::from(ack.reason_code) >= 0x80 {
                     // A negative PUBREC ends the QoS 2 flow (§4.3.3).
                     self.inflight.abandon(ack.packet_id);
+                    self.completed(ack.packet_id);
                     return self.drain_queue(transport).await;
                 }
                 let reason = match self.inflight.on_pubrec(ack.packet_id) {
@@ -312,12 +454,15 @@ impl Connection {
             }
             Packet::PublishComplete(ack) => {
                 if self.inflight.on_pubcomp(ack.packet_id) == AckOutcome::Completed {
+                    self.completed(ack.packet_id);
                     self.drain_queue(transport).await?;
                 }
                 Ok(())
             }
             Packet::PublishRelease(rel) => {
                 let reason = if self.qos2_received.remove(&rel.packet_id.get()) {
+                    // Stored before PUBCOMP: after it the client may use the id again.
+                    self.store_qos2_pending().await;
                     PublishAck2Reason::Success
                 } else {
                     PublishAck2Reason::PacketIdNotFound
@@ -328,10 +473,17 @@ impl Connection {
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(transport, unsubscribe).await,
             Packet::PingRequest => feed(transport, Packet::PingResponse).await,
             Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect.session_expiry_interval_secs {
+                    // §3.14.2.2.2: a session that was to end with the connection cannot
+                    // be made persistent at DISCONNECT.
+                    if self.session.expiry_secs == 0 && expiry > 0 {
+                        return Err(protocol_error());
+                    }
+                    self.expiry_on_disconnect = Some(expiry.min(self.limits.session_expiry_max));
+                }
                 if disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
                     Err(Ending::Abnormal(None))
                 } else {
-                    self.will = None;
                     Err(Ending::Normal)
                 }
             }
@@ -448,6 +600,9 @@ impl Connection {
         };
         if qos == 2 && reason == PublishAckReason::Success {
             self.qos2_received.insert(id.get());
+            // Stored before PUBREC, so a retransmission on any process after a reconnect
+            // is not produced again.
+            self.store_qos2_pending().await;
         }
         feed(transport, puback(qos, id, reason)).await
     }
@@ -491,6 +646,7 @@ impl Connection {
             if wants_retained && subscription.share_group.is_none() {
                 for message in self.hub.retained_matching(&subscription.filter) {
                     replay.push(Outgoing {
+                        origin: None,
                         qos: message.qos.min(granted),
                         message,
                         retain: true,
@@ -498,8 +654,13 @@ impl Connection {
                     });
                 }
             }
+            let stored = StoredSubscription::from_subscription(&subscription);
+            self.session.subscriptions.retain(|s| s.filter != stored.filter);
+            self.session.subscriptions.push(stored);
             status.push(granted_reason(granted));
         }
+        // The subscriptions are stored before SUBACK: they survive this process.
+        self.store_session().await;
         let suback = SubscribeAck {
             packet_id: subscribe.packet_id,
             properties: Vec::new(),
@@ -524,6 +685,7 @@ impl Connection {
             .topic_filters
             .iter()
             .map(|filter| {
+                self.session.subscriptions.retain(|s| s.filter != **filter);
                 if self.hub.unsubscribe(self.id, filter) {
                     UnsubscribeAckReason::Success
                 } else {
@@ -531,6 +693,7 @@ impl Connection {
                 }
             })
             .collect();
+        self.store_session().await;
         let unsuback = UnsubscribeAck {
             packet_id: unsubscribe.packet_id,
             properties: Vec::new(),
@@ -574,10 +737,14 @@ impl Connection {
         packet_id: Option<NonZeroU16>,
     ) -> Step {
         let message = &outgoing.message;
+        if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
+            self.origins.insert(id.get(), origin.clone());
+        }
         let remaining_expiry = message.remaining_expiry_secs(now_ms());
         if remaining_expiry == Some(0) {
             if let Some(id) = packet_id {
                 self.inflight.abandon(id);
+                self.completed(id);
             }
             self.hub.metrics().dropped.with_label_values(&["expired"]).inc();
             return Ok(());
@@ -634,6 +801,7 @@ impl Connection {
             Err(EncodeError::OverMaxPacketSize { .. }) => {
                 if let Some(id) = packet_id {
                     self.inflight.abandon(id);
+                    self.completed(id);
                 }
                 self.out_aliases.forget(&message.topic);
                 self.hub.metrics().dropped.with_label_values(&["too_large"]).inc();
@@ -643,33 +811,120 @@ impl Connection {
         }
     }
 
-    /// Publishes the will, if any (abnormal end: §3.1.2.5). Sessions end with the
-    /// connection for now, so the will delay is bounded by a session expiry of 0.
-    fn publish_will(&mut self) {
-        let Some(will) = self.will.take() else { return };
-        let message = Message {
-            topic: will.topic.to_string(),
-            payload: will.message,
-            qos: will.qos.value(),
-            retain: will.retain,
-            publisher: Some(self.client_id.clone()),
-            properties: message_properties(
-                will.message_expiry_interval,
-                will.content_type,
-                will.is_utf8_payload == Some(true),
-                will.response_topic,
-                will.correlation_data,
-                will.user_properties,
-            ),
-            timestamp_ms: now_ms(),
-        };
-        let delivery = self.hub.publish(message);
-        let client_id = self.client_id.clone();
+    /// The delivery with packet id `id` is done with: its record no longer holds the
+    /// session's position back.
+    fn completed(&mut self, id: NonZeroU16) {
+        if let Some(origin) = self.origins.remove(&id.get()) {
+            self.hub.complete(self.id, &origin);
+        }
+    }
+
+    /// Stores the session (persistent sessions only: others end with the connection).
+    async fn store_session(&mut self) {
+        if !self.session.is_persistent() {
+            return;
+        }
+        self.session.positions = self.hub.positions(self.id);
+        self.saved_positions = self.session.positions.clone();
+        if let Err(error) = self.sessions.store(&self.session).await {
+            tracing::warn!(client_id = %self.client_id, %error, "session not stored");
+        }
+    }
+
+    async fn store_qos2_pending(&mut self) {
+        let mut pending: Vec<u16> = self.qos2_received.iter().copied().collect();
+        pending.sort_unstable();
+        if pending != self.session.qos2_pending {
+            self.session.qos2_pending = pending;
+            self.store_session().await;
+        }
+    }
+
+    /// Stores where delivery would resume, when it moved (persistent sessions), without
+    /// holding up the connection.
+    fn save_positions(&mut self) {
+        if !self.session.is_persistent() {
+            return;
+        }
+        let positions = self.hub.positions(self.id);
+        if positions == self.saved_positions {
+            return;
+        }
+        self.saved_positions = positions.clone();
+        self.session.positions = positions;
+        let (sessions, state) = (Arc::clone(&self.sessions), self.session.clone());
         tokio::spawn(async move {
-            if let Err(error) = delivery.await {
-                tracing::warn!(%client_id, %error, "will message not stored in Kafka");
+            if let Err(error) = sessions.store(&state).await {
+                tracing::debug!(client_id = %state.client_id, %error, "positions not stored");
             }
         });
+    }
+
+    /// Takes the lag off one topic and starts reading what was missed from Kafka.
+    fn start_catch_up(&mut self) {
+        match self.hub.rejoin(self.id) {
+            Some(CatchUp { topic, from, to }) => {
+                tracing::debug!(client_id = %self.client_id, %topic, ?from, ?to, "catching up from Kafka");
+                let reader = self.replayer.replay(topic.clone(), from, to);
+                self.replay = Some((Arc::from(topic.as_str()), reader));
+            }
+            None => self.catch_up_wanted = false,
+        }
+    }
+
+    /// One record of the catch-up (or its end, `None`).
+    async fn on_replayed<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        replayed: Option<Replayed>,
+    ) -> Step {
+        let Some(topic) = self.replay.as_ref().map(|(topic, _)| Arc::clone(topic)) else {
+            return Ok(());
+        };
+        let Some(Replayed {
+            partition,
+            offset,
+            message,
+        }) = replayed
+        else {
+            self.hub.replay_done(self.id, &topic);
+            self.replay = None;
+            return Ok(());
+        };
+        let matched = message.and_then(|m| {
+            let (qos, retain, identifiers) = self.hub.route_for(self.id, &topic, &m)?;
+            Some((m, qos, retain, identifiers))
+        });
+        let origin = Origin {
+            topic: Arc::clone(&topic),
+            partition,
+            offset,
+        };
+        let step = match matched {
+            // QoS 0 messages are not kept for a subscriber that was away or behind.
+            Some((message, qos, retain, identifiers)) if qos > 0 => {
+                self.hub.track(self.id, &origin);
+                let outgoing = Outgoing {
+                    message: Arc::new(message),
+                    origin: Some(origin),
+                    qos,
+                    retain,
+                    identifiers,
+                };
+                self.deliver(transport, outgoing).await
+            }
+            _ => Ok(()),
+        };
+        self.hub.replayed_to(self.id, &topic, partition, offset + 1);
+        step
+    }
+}
+
+/// The next record of the catch-up under way (pending forever when there is none).
+async fn recv_replay(replay: &mut Option<Replay>) -> Option<Replayed> {
+    match replay {
+        Some((_, reader)) => reader.recv().await,
+        None => std::future::pending().await,
     }
 }
 

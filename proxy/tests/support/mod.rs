@@ -107,11 +107,25 @@ impl TestProxy {
     }
 }
 
+/// `n` proxies on the same topics, instance ids `p0`, `p1`, ...: one broker of `n`
+/// processes.
+pub async fn cluster(n: usize) -> Vec<TestProxy> {
+    let first = TestProxy::start_with(|c| c.instance_id = Some("p0".into())).await;
+    let mut all = vec![first];
+    for i in 1..n {
+        let mut config = all[0].config.clone();
+        config.instance_id = Some(format!("p{i}"));
+        all.push(TestProxy::start_on(config).await);
+    }
+    all
+}
+
 /// An MQTT 5 client (rumqttc) whose incoming packets are collected in order.
 pub struct Client {
     pub client: AsyncClient,
     incoming: mpsc::UnboundedReceiver<Result<Packet, String>>,
     pub connack: ConnAck,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Client {
@@ -131,7 +145,7 @@ impl Client {
     pub async fn connect_options(options: MqttOptions) -> Self {
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, mut incoming) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(packet)) => {
@@ -155,6 +169,24 @@ impl Client {
             client,
             incoming,
             connack,
+            task,
+        }
+    }
+
+    /// Drops the connection without DISCONNECT, as a client that loses its network does.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Sends DISCONNECT and waits until the connection is closed.
+    pub async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("disconnect");
+        loop {
+            match tokio::time::timeout(WAIT, self.incoming.recv()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) | Err(_) => return,
+            }
         }
     }
 

@@ -1,0 +1,283 @@
+//! Sessions that live in Kafka, across proxy processes sharing the same topics (one broker
+//! of several processes): offline delivery from stored positions, takeover, will delay,
+//! expiry, and subscribers that fall behind.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rumqttc::v5::MqttOptions;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet};
+use support::{Client, TestProxy, cluster};
+use tokio::time::Instant;
+
+fn persistent(expiry_secs: u32) -> impl FnOnce(&mut MqttOptions) {
+    move |o: &mut MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(expiry_secs));
+    }
+}
+
+/// Publishes `count` QoS 1 messages `m<i>` on `topic(i)` and waits for every PUBACK.
+async fn publish_acked(publisher: &mut Client, count: usize, topic: impl Fn(usize) -> String) {
+    for i in 0..count {
+        publisher
+            .client
+            .publish(topic(i), QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .expect("publish");
+    }
+    let mut acked = 0;
+    while acked < count {
+        if let Ok(Packet::PubAck(ack)) = publisher.next().await {
+            assert_eq!(
+                ack.reason,
+                rumqttc::v5::mqttbytes::v5::PubAckReason::Success,
+                "PUBACK {acked}"
+            );
+            acked += 1;
+        }
+    }
+}
+
+/// Receives `count` PUBLISHes and checks that each topic's messages came in publishing
+/// order; returns the payload numbers per topic.
+async fn receive_in_order(client: &mut Client, count: usize) -> BTreeMap<String, Vec<usize>> {
+    let mut per_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for _ in 0..count {
+        let p = client.next_publish().await;
+        let n: usize = String::from_utf8_lossy(&p.payload[1..]).parse().expect("m<i>");
+        per_topic
+            .entry(String::from_utf8_lossy(&p.topic).into_owned())
+            .or_default()
+            .push(n);
+    }
+    for (topic, numbers) in &per_topic {
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{topic} out of order: {numbers:?}"
+        );
+    }
+    per_topic
+}
+
+#[tokio::test]
+async fn a_persistent_session_resumes_on_another_process_with_its_subscriptions_and_offline_messages() {
+    let procs = cluster(2).await;
+    let mut sub = Client::connect_with(&procs[0], "sess-offline", persistent(300)).await;
+    assert!(!sub.connack.session_present);
+    sub.client
+        .subscribe("offline/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.suback().await;
+    sub.disconnect().await;
+
+    let mut publisher = Client::connect(&procs[1], "sess-offline-pub").await;
+    publish_acked(&mut publisher, 60, |i| format!("offline/{}", i % 3)).await;
+
+    // Back on the other process, without subscribing again.
+    let mut back = Client::connect_with(&procs[1], "sess-offline", persistent(300)).await;
+    assert!(back.connack.session_present, "Session Present");
+    let got = receive_in_order(&mut back, 60).await;
+    assert_eq!(got.values().map(Vec::len).sum::<usize>(), 60, "{got:?}");
+    back.expect_no_publish(Duration::from_millis(500)).await;
+
+    // Live delivery goes on after the catch-up.
+    publish_acked(&mut publisher, 1, |_| "offline/live".into()).await;
+    assert_eq!(&back.next_publish().await.payload[..], b"m0");
+}
+
+#[tokio::test]
+async fn a_mqtt_3_1_1_session_with_clean_session_0_keeps_subscriptions_and_messages_across_processes() {
+    use rumqttc::{AsyncClient, Event as Event3, MqttOptions as Options3, Packet as Packet3, QoS as QoS3};
+    let procs = cluster(2).await;
+    let connect3 = async |proxy: &TestProxy| {
+        let mut options = Options3::new("sess-v3", "127.0.0.1", proxy.address().port());
+        options.set_clean_session(false);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = AsyncClient::new(options, 100);
+        let session_present = loop {
+            match tokio::time::timeout(support::WAIT, events.poll()).await {
+                Ok(Ok(Event3::Incoming(Packet3::ConnAck(ack)))) => break ack.session_present,
+                Ok(Ok(_)) => {}
+                other => panic!("no CONNACK: {other:?}"),
+            }
+        };
+        (client, events, session_present)
+    };
+    let (client, mut events, present) = connect3(&procs[0]).await;
+    assert!(!present);
+    client.subscribe("v3/#", QoS3::AtLeastOnce).await.expect("subscribe");
+    loop {
+        if let Ok(Event3::Incoming(Packet3::SubAck(_))) = events.poll().await {
+            break;
+        }
+    }
+    client.disconnect().await.expect("disconnect");
+    while events.poll().await.is_ok() {}
+
+    let mut publisher = Client::connect(&procs[1], "sess-v3-pub").await;
+    publish_acked(&mut publisher, 20, |i| format!("v3/{}", i % 2)).await;
+
+    let (_client, mut events, present) = connect3(&procs[1]).await;
+    assert!(present, "session present for clean session 0");
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        match tokio::time::timeout(support::WAIT, events.poll()).await {
+            Ok(Ok(Event3::Incoming(Packet3::Publish(p)))) => got.push(String::from_utf8_lossy(&p.payload).into_owned()),
+            Ok(Ok(_)) => {}
+            other => panic!("after {} messages: {other:?}", got.len()),
+        }
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 20, "{got:?}");
+}
+
+#[tokio::test]
+async fn a_connect_on_another_process_takes_the_session_over_within_two_seconds() {
+    let procs = cluster(2).await;
+    let mut first = Client::connect_with(&procs[0], "sess-twin", persistent(60)).await;
+    let started = Instant::now();
+    let second = Client::connect_with(&procs[1], "sess-twin", persistent(60)).await;
+    assert!(second.connack.session_present);
+    loop {
+        match first.next().await {
+            Ok(Packet::Disconnect(d)) => {
+                assert_eq!(
+                    d.reason_code,
+                    rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver
+                );
+                break;
+            }
+            Ok(_) => {}
+            Err(e) if e.contains("SessionTakenOver") => break,
+            Err(e) => panic!("closed without DISCONNECT 0x8E: {e}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+fn delayed_will(topic: &str, delay_secs: u32) -> LastWill {
+    LastWill::new(
+        topic,
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: Some(delay_secs),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_will_waits_for_its_delay_and_is_not_sent_when_the_client_returns_in_time() {
+    let procs = cluster(2).await;
+    let mut watcher = Client::connect(&procs[1], "sess-will-watch").await;
+    watcher
+        .client
+        .subscribe("wills/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    watcher.suback().await;
+
+    let late = Client::connect_with(&procs[0], "sess-will-late", |o| {
+        persistent(60)(o);
+        o.set_last_will(delayed_will("wills/late", 2));
+    })
+    .await;
+    let back = Client::connect_with(&procs[0], "sess-will-back", |o| {
+        persistent(60)(o);
+        o.set_last_will(delayed_will("wills/back", 2));
+    })
+    .await;
+    let lost = Instant::now();
+    late.kill().await;
+    back.kill().await;
+    // `back` returns within the delay, on the other process: its will is never sent.
+    let _back = Client::connect_with(&procs[1], "sess-will-back", persistent(60)).await;
+    watcher.expect_no_publish(Duration::from_millis(1500)).await;
+    let will = watcher.next_publish().await;
+    let after = lost.elapsed();
+    assert_eq!((&will.topic[..], &will.payload[..]), (&b"wills/late"[..], &b"gone"[..]));
+    assert!(
+        after >= Duration::from_secs(2) && after < Duration::from_secs(5),
+        "{after:?}"
+    );
+    watcher.expect_no_publish(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn an_expired_session_is_deleted_and_not_resumed() {
+    let procs = cluster(2).await;
+    let sub = Client::connect_with(&procs[0], "sess-expire", persistent(2)).await;
+    sub.client
+        .subscribe("expire/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.disconnect().await;
+    let resumed = Client::connect_with(&procs[1], "sess-expire", persistent(2)).await;
+    assert!(resumed.connack.session_present, "within the expiry");
+    resumed.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert!(
+        procs[0].server.sessions.get("sess-expire").is_none(),
+        "deleted at expiry"
+    );
+    let again = Client::connect_with(&procs[1], "sess-expire", persistent(2)).await;
+    assert!(!again.connack.session_present, "expired");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_far_behind_gets_every_message_from_kafka() {
+    let proxy = TestProxy::start().await;
+    let mut slow = Client::connect_with(&proxy, "sess-slow", |o| {
+        o.set_manual_acks(true);
+        o.set_receive_maximum(Some(10));
+    })
+    .await;
+    slow.client
+        .subscribe("slow/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    slow.suback().await;
+    // 20 000 messages while the subscriber acknowledges nothing: its window (10) and its
+    // queue in the proxy fill up long before the end.
+    let total = 20_000;
+    let mut publisher = Client::connect(&proxy, "sess-slow-pub").await;
+    publish_acked(&mut publisher, total, |i| format!("slow/{}", i % 4)).await;
+    assert!(
+        proxy.metric("mqtt_kafka_subscriber_lags_total").await.unwrap_or(0.0) >= 1.0,
+        "the subscriber fell behind"
+    );
+    let mut per_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut received = 0;
+    while received < total {
+        let p = slow.next_publish().await;
+        slow.client.ack(&p).await.expect("ack");
+        let n: usize = String::from_utf8_lossy(&p.payload[1..]).parse().expect("m<i>");
+        per_topic
+            .entry(String::from_utf8_lossy(&p.topic).into_owned())
+            .or_default()
+            .push(n);
+        received += 1;
+    }
+    for (topic, numbers) in &per_topic {
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{topic} out of order");
+        assert_eq!(numbers.len(), total / 4, "{topic}");
+    }
+    assert!(proxy.metric("mqtt_kafka_replayed_records_total").await.unwrap_or(0.0) >= 1.0);
+}
