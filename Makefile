@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run test lint crds bench
+.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ env-clean: env-down ## stop the environment and delete its data
 
 run: env-up ## start the environment and the proxy against it
 	@bash e2e/run-proxy.sh
+
+run-cluster: env-up ## N proxies (N=3) as one broker on 127.0.0.1:1883.. with redirects on
+	@bash e2e/run-cluster.sh
 
 test: ## start the environment, then fmt, clippy, every test; fails on any skipped test
 	@bash e2e/test.sh

@@ -584,6 +584,10 @@ pub struct Redirect {
     /// Reason code of redirects: 156 (0x9C, Use another server) or 157 (0x9D, Server moved).
     #[schemars(range(min = 156, max = 157))]
     pub reason_code: u8,
+    /// Connected clients moved to another pod per second at most (when ownership changes
+    /// or this pod shuts down), so that a membership change is no reconnect storm.
+    #[schemars(range(min = 1))]
+    pub max_per_second: u32,
 }
 
 impl Default for Redirect {
@@ -591,6 +595,7 @@ impl Default for Redirect {
         Redirect {
             enabled: false,
             reason_code: 0x9C,
+            max_per_second: 200,
         }
     }
 }
@@ -1056,13 +1061,10 @@ impl Config {
 
     fn validate_cluster(&self, v: &mut Validator) {
         match &self.cluster.server_reference {
+            // Without `{instance}` the reference is this one process's own (a local run
+            // with a file per process); with it, one file serves every pod.
             Some(template) => {
-                if !template.contains(INSTANCE_PLACEHOLDER) {
-                    v.err(
-                        "cluster.serverReference",
-                        format!("must contain {INSTANCE_PLACEHOLDER}, got {template:?}"),
-                    );
-                } else if let Err(msg) = check_host_port(&template.replace(INSTANCE_PLACEHOLDER, "proxy-0")) {
+                if let Err(msg) = check_host_port(&template.replace(INSTANCE_PLACEHOLDER, "proxy-0")) {
                     v.err("cluster.serverReference", format!("{msg}, got {template:?}"));
                 }
             }
@@ -1080,6 +1082,9 @@ impl Config {
                 "cluster.redirect.reasonCode",
                 format!("must be 156 (0x9C, use another server) or 157 (0x9D, server moved), got {code}"),
             );
+        }
+        if self.cluster.redirect.max_per_second == 0 {
+            v.err("cluster.redirect.maxPerSecond", "must be at least 1, got 0");
         }
     }
 }
@@ -1685,8 +1690,6 @@ mod tests {
         route_empty_role: with(
             "guards: {jwt: {jwksFile: /k}}\nroutes: [{when: [{publish: [{topic: a}]}], guarded: {jwt: ['']}}]\n"
         ) => "routes[0].guarded.jwt[0]", "role must not be empty";
-        server_reference_without_instance: with("cluster: {serverReference: 'proxy.svc:1883'}\n")
-            => "cluster.serverReference", "must contain {instance}";
         server_reference_without_port: with("cluster: {serverReference: '{instance}.svc'}\n")
             => "cluster.serverReference", "must be host:port";
         redirect_without_server_reference: with("cluster: {redirect: {enabled: true}}\n")

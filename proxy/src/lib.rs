@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod kafka;
 pub mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod node;
 pub mod server;

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub wills: IntCounter,
     /// Sessions deleted because they expired.
     pub sessions_expired: IntCounter,
+    /// MQTT 5 clients sent to another process, by when (`connect`, `moved`, `shutdown`).
+    pub redirects: IntCounterVec,
+    /// Sessions-topic partitions this process owns.
+    pub owned_partitions: IntGauge,
 }
 
 // Names and help texts are constants, so construction can only fail on a programming
@@ -91,8 +95,19 @@ impl Metrics {
             replayed: counter("replayed_records_total", "records read by catch-ups from Kafka"),
             wills: counter("wills_published_total", "will messages published"),
             sessions_expired: counter("sessions_expired_total", "sessions deleted because they expired"),
+            redirects: counter_vec(
+                "redirects_total",
+                "MQTT 5 clients sent to another process, by when",
+                "when",
+            ),
+            owned_partitions: gauge(
+                "owned_session_partitions",
+                "sessions-topic partitions this process owns",
+            ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(metrics.redirects.clone()),
+            Box::new(metrics.owned_partitions.clone()),
             Box::new(metrics.wills.clone()),
             Box::new(metrics.sessions_expired.clone()),
             Box::new(metrics.lagging.clone()),

@@ -89,12 +89,24 @@ pub struct Server {
     pub hub: Arc<Hub>,
     pub sessions: Arc<SessionStore>,
     publisher: Arc<Publisher>,
+    limits: Arc<Limits>,
+    listener_tasks: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// How long SIGTERM waits for connections to be handed over (Kubernetes' default grace
+/// period is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
 impl Server {
-    /// Stops accepting, lets Kafka deliver what is queued.
+    /// Stops accepting, leaves the cluster and hands every connection over (DISCONNECT,
+    /// with the new owner's Server Reference for MQTT 5 clients when redirects are on),
+    /// then lets Kafka deliver what is queued.
     pub async fn shutdown(self) {
+        for task in &self.listener_tasks {
+            task.abort();
+        }
+        crate::node::leave(&self.hub, &self.sessions, &self.limits, SHUTDOWN_GRACE).await;
         for task in &self.tasks {
             task.abort();
         }
@@ -105,7 +117,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.listener_tasks) {
             task.abort();
         }
     }
@@ -372,12 +384,20 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     } = kafka;
     tasks.extend(kafka_tasks);
 
+    let limits = Arc::new(Limits::from_config(&config));
+    let instance = config.effective_instance_id();
+    tasks.extend(crate::node::spawn(
+        Arc::clone(&hub),
+        Arc::clone(&sessions),
+        Arc::clone(&limits),
+        config.server_reference(&instance),
+    ));
     let shared = Shared {
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
         replayer,
         instance: Arc::from(config.effective_instance_id().as_str()),
-        limits: Arc::new(Limits::from_config(&config)),
+        limits: Arc::clone(&limits),
         connections: Arc::new(AtomicUsize::new(0)),
     };
     // From here on a failure drops `server`, whose `Drop` stops what was started already.
@@ -388,6 +408,8 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         hub,
         sessions,
         publisher,
+        limits,
+        listener_tasks: Vec::new(),
         tasks,
     };
     for (l, transport) in config.listeners.iter().zip(transports) {
@@ -400,7 +422,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         tracing::info!(listener = %l.name, protocol = l.protocol.as_str(), address = %bound, "MQTT listener ready");
         server.mqtt_addresses.push(bound);
         let shared = shared.clone();
-        server.tasks.push(match transport {
+        server.listener_tasks.push(match transport {
             Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
             Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),
             Transport::Websocket { path, tls } => {

@@ -70,8 +70,9 @@ pub struct Registration {
     pub id: ConnId,
     /// Deliveries for this connection.
     pub deliveries: mpsc::Receiver<Outgoing>,
-    /// Becomes `Some(reason code)` when the hub wants the connection closed (takeover).
-    pub kicked: watch::Receiver<Option<u8>>,
+    /// Becomes `Some` when the connection is to be closed (takeover, moved elsewhere,
+    /// shutdown).
+    pub kicked: watch::Receiver<Option<Kick>>,
     /// Notified when the connection starts lagging on a topic (see [`Hub::rejoin`]).
     pub lagging: Arc<Notify>,
 }
@@ -89,9 +90,21 @@ struct Tracking {
     replaying: HashMap<String, BTreeMap<i32, i64>>,
 }
 
+/// Why the hub closes a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kick {
+    /// The DISCONNECT reason code (0x8E takeover, 0x9C / 0x9D moved, 0x8B shutdown).
+    pub reason: u8,
+    /// Where the client should go (MQTT 5 Server Reference).
+    pub server_reference: Option<String>,
+}
+
 struct Live {
+    client_id: String,
+    /// MQTT 5 clients can be redirected; 3.1.1 clients are served where they connect.
+    mqtt5: bool,
     deliveries: mpsc::Sender<Outgoing>,
-    kick: watch::Sender<Option<u8>>,
+    kick: watch::Sender<Option<Kick>>,
     tracking: Mutex<Tracking>,
     lagging: Arc<Notify>,
 }
@@ -178,7 +191,7 @@ impl Hub {
     /// on this process is told to close with 0x8E (Session taken over). `resume_from`
     /// are the positions of a resumed session: the connection starts lagging there, and
     /// catches up from them (partitions it has no position for start at the fan-out's).
-    pub fn register(&self, client_id: &str, resume_from: &Positions) -> Registration {
+    pub fn register(&self, client_id: &str, mqtt5: bool, resume_from: &Positions) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliveries_tx, deliveries) = mpsc::channel(self.queue_capacity);
         let (kick, kicked) = watch::channel(None);
@@ -200,6 +213,8 @@ impl Hub {
         write(&self.live).insert(
             id,
             Live {
+                client_id: client_id.to_owned(),
+                mqtt5,
                 deliveries: deliveries_tx,
                 kick,
                 tracking: Mutex::new(tracking),
@@ -214,13 +229,35 @@ impl Hub {
         if let Some(previous) = previous
             && let Some(old) = read(&self.live).get(&previous)
         {
-            old.kick.send_replace(Some(SESSION_TAKEN_OVER));
+            old.kick.send_replace(Some(Kick {
+                reason: SESSION_TAKEN_OVER,
+                server_reference: None,
+            }));
         }
         Registration {
             id,
             deliveries,
             kicked,
             lagging,
+        }
+    }
+
+    /// Every live connection: id, client id, whether it speaks MQTT 5.
+    pub fn connections(&self) -> Vec<(ConnId, String, bool)> {
+        read(&self.live)
+            .iter()
+            .map(|(id, l)| (*id, l.client_id.clone(), l.mqtt5))
+            .collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        read(&self.live).len()
+    }
+
+    /// Tells connection `id` to close.
+    pub fn kick(&self, id: ConnId, kick: Kick) {
+        if let Some(connection) = read(&self.live).get(&id) {
+            connection.kick.send_replace(Some(kick));
         }
     }
 

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use crate::broker::message::now_ms;
 use crate::broker::session::SessionState;
+use crate::cluster::membership::{self, Heartbeat, Membership};
+use crate::cluster::ownership;
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::producer::{PublishError, Publisher};
 
@@ -56,6 +59,8 @@ pub struct SessionStore {
     loaded: AtomicBool,
     /// Records that were not sessions this version can read.
     skipped: Mutex<u64>,
+    /// The processes heard of through their heartbeats.
+    membership: Mutex<Membership>,
 }
 
 impl SessionStore {
@@ -71,7 +76,68 @@ impl SessionStore {
             watchers: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             skipped: Mutex::new(0),
+            membership: Mutex::new(Membership::default()),
         }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The live processes (instance ids, sorted).
+    pub fn live(&self) -> Vec<String> {
+        locked(&self.membership)
+            .live(std::time::Instant::now(), now_ms())
+            .into_iter()
+            .map(|h| h.instance.clone())
+            .collect()
+    }
+
+    /// The owner of each sessions-topic partition among the live processes, leaving out
+    /// `without` (a process on its way out).
+    pub fn owners(&self, without: Option<&str>) -> Vec<String> {
+        let live = self.live();
+        let live: Vec<&str> = live
+            .iter()
+            .map(String::as_str)
+            .filter(|i| Some(*i) != without)
+            .collect();
+        ownership::assign(self.partitions, &live)
+    }
+
+    /// The server reference `instance` announced.
+    pub fn reference_of(&self, instance: &str) -> Option<String> {
+        locked(&self.membership)
+            .get(instance)
+            .and_then(|h| h.server_reference.clone())
+    }
+
+    /// Announces this process (its server reference, if it has one) and waits for Kafka.
+    pub async fn heartbeat(&self, server_reference: Option<String>) -> Result<(), SessionError> {
+        let heartbeat = Heartbeat {
+            version: 1,
+            instance: self.instance.clone(),
+            server_reference,
+            at_ms: now_ms(),
+        };
+        let key = Heartbeat::key(&self.instance);
+        let written =
+            self.publisher
+                .enqueue_keyed(&self.topic, self.partition_of(&key), &key, Some(&heartbeat.encode()))?;
+        locked(&self.membership).apply(&self.instance, Some(heartbeat), std::time::Instant::now());
+        written.await?;
+        Ok(())
+    }
+
+    /// Tells the other processes this one is leaving, so that its partitions move now.
+    pub async fn leave(&self) -> Result<(), SessionError> {
+        let key = Heartbeat::key(&self.instance);
+        let written = self
+            .publisher
+            .enqueue_keyed(&self.topic, self.partition_of(&key), &key, None)?;
+        locked(&self.membership).apply(&self.instance, None, std::time::Instant::now());
+        written.await?;
+        Ok(())
     }
 
     pub fn topic(&self) -> &str {
@@ -150,6 +216,14 @@ impl SessionStore {
 
     /// Applies one record of the sessions topic: a session, or a tombstone (`None`).
     pub fn apply(&self, client_id: &str, value: Option<&[u8]>) {
+        if let Some(instance) = membership::member_of_key(client_id) {
+            let heartbeat = value.and_then(|v| serde_json::from_slice::<Heartbeat>(v).ok());
+            // Our own departure read back must not undo a later heartbeat of a restart.
+            if heartbeat.is_some() || instance != self.instance {
+                locked(&self.membership).apply(instance, heartbeat, std::time::Instant::now());
+            }
+            return;
+        }
         let Some(value) = value else {
             self.sessions
                 .write()
@@ -206,6 +280,16 @@ impl SessionStore {
             watcher.taken_over.send_replace(true);
         }
         None
+    }
+
+    /// Every session of the view.
+    pub fn all(&self) -> Vec<SessionState> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The sessions whose last host is `instance`.

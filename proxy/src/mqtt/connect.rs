@@ -30,6 +30,10 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// The longest Session Expiry Interval granted (seconds).
     pub session_expiry_max: u32,
+    /// Redirect MQTT 5 clients to the process owning their session, with this reason code.
+    pub redirect: Option<u8>,
+    /// Connected clients moved per second at most.
+    pub redirects_per_second: u32,
 }
 
 impl Limits {
@@ -49,6 +53,12 @@ impl Limits {
             qos_max: config.publish.qos_max.as_u8(),
             outbound_queue: 1000,
             session_expiry_max: m.session_expiry_max,
+            redirect: config
+                .cluster
+                .redirect
+                .enabled
+                .then_some(config.cluster.redirect.reason_code),
+            redirects_per_second: config.cluster.redirect.max_per_second.max(1),
         }
     }
 }
@@ -95,6 +105,13 @@ pub fn accept(
         if will.is_utf8_payload == Some(true) && std::str::from_utf8(&will.message).is_err() {
             return Err(ConnectAckReason::PayloadFormatInvalid);
         }
+    }
+    if connect
+        .client_id
+        .starts_with(crate::cluster::membership::RESERVED_PREFIX)
+    {
+        // Keys of the sessions topic that are not sessions start with it.
+        return Err(ConnectAckReason::ClientIdentifierNotValid);
     }
     let (client_id, assigned) = if connect.client_id.is_empty() {
         // 3.1.1 §3.1.3-8: an empty id needs a clean session there.

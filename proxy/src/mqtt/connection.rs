@@ -24,11 +24,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
-use crate::broker::hub::{CatchUp, ConnId, Hub, Origin, Outgoing, Positions, Registration};
+use crate::broker::hub::{CatchUp, ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, SESSION_TAKEN_OVER};
 use crate::broker::message::{Message, MessageProperties, now_ms};
 use crate::broker::session::{ConnectRequest, Departure, SessionState, StoredSubscription};
 use crate::broker::subscriptions::Subscription;
 use crate::broker::topic;
+use crate::cluster::ownership::{self, Placement};
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
@@ -92,6 +93,25 @@ where
     if let Some(max) = connect.max_packet_size {
         transport.codec_mut().set_max_outbound(max.get());
     }
+    if version == Version::V5
+        && let Some(reason) = limits.redirect
+    {
+        let partition = sessions.partition_of(&accepted.client_id);
+        let owners = sessions.owners(None);
+        if let Placement::Elsewhere(reference) =
+            ownership::place(partition, &owners, &instance, true, true, |i| sessions.reference_of(i))
+        {
+            hub.metrics().redirects.with_label_values(&["connect"]).inc();
+            let mut connack = connect::refusal(if reason == 0x9D {
+                ConnectAckReason::ServerMoved
+            } else {
+                ConnectAckReason::UseAnotherServer
+            });
+            connack.server_reference = Some(ByteString::from(reference));
+            let _ = transport.send(Packet::ConnectAck(Box::new(connack))).await;
+            return;
+        }
+    }
     let expiry_secs = connect.session_expiry_interval_secs.min(limits.session_expiry_max);
     let request = ConnectRequest {
         client_id: accepted.client_id.clone(),
@@ -118,7 +138,7 @@ where
     };
     // Registered (lagging from its positions) before its subscriptions exist, so every
     // record is either caught up from Kafka or delivered live, none twice.
-    let registration = hub.register(&accepted.client_id, &resume_from);
+    let registration = hub.register(&accepted.client_id, version == Version::V5, &resume_from);
     for stored in &opened.state.subscriptions {
         if let Some(subscription) = stored.to_subscription() {
             hub.subscribe(registration.id, &accepted.client_id, &subscription);
@@ -180,7 +200,7 @@ where
     sessions.unwatch(&connection.client_id, connection.session.generation);
     let departure = match &ending {
         Ending::Normal => Departure::Normal,
-        Ending::Abnormal(_) | Ending::TakenOver => Departure::Abnormal,
+        _ => Departure::Abnormal,
     };
     if let Some(reason) = ending.reason() {
         hub.metrics()
@@ -188,7 +208,11 @@ where
             .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
             .inc();
         if version == Version::V5 {
-            let _ = transport.send(Packet::Disconnect(Disconnect::new(reason))).await;
+            let mut disconnect = Disconnect::new(reason);
+            if let Ending::Kicked(kick) = &ending {
+                disconnect.server_reference = kick.server_reference.as_deref().map(ByteString::from);
+            }
+            let _ = transport.send(Packet::Disconnect(disconnect)).await;
         }
     }
     if matches!(ending, Ending::TakenOver) {
@@ -280,6 +304,8 @@ enum Ending {
     Abnormal(Option<DisconnectReasonCode>),
     /// A newer connection of the same client id (on any process) took the session.
     TakenOver,
+    /// The process closes it: the session moved to another process, or this one stops.
+    Kicked(Kick),
 }
 
 impl Ending {
@@ -289,6 +315,12 @@ impl Ending {
             Ending::Normal => None,
             Ending::Abnormal(reason) => *reason,
             Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+            Ending::Kicked(kick) => Some(match kick.reason {
+                0x9C => DisconnectReasonCode::UseAnotherServer,
+                0x9D => DisconnectReasonCode::ServerMoved,
+                0x8B => DisconnectReasonCode::ServerShuttingDown,
+                _ => DisconnectReasonCode::UnspecifiedError,
+            }),
         }
     }
 }
@@ -369,7 +401,10 @@ impl Connection {
             let replay_open = self.replay.is_some() && self.inflight.has_room();
             let step = tokio::select! {
                 biased;
-                _ = kicked.changed() => Err(Ending::TakenOver),
+                _ = kicked.changed() => Err(match kicked.borrow().clone() {
+                    Some(kick) if kick.reason != SESSION_TAKEN_OVER => Ending::Kicked(kick),
+                    _ => Ending::TakenOver,
+                }),
                 Ok(()) = taken_over.changed() => Err(Ending::TakenOver),
                 Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.on_kafka_ack(transport, id, qos, result).await

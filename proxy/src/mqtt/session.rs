@@ -200,3 +200,45 @@ pub async fn resume_timers(hub: &Arc<Hub>, store: &Arc<SessionStore>, instance: 
         schedule(hub, store, &state);
     }
 }
+
+/// Takes over the sessions of partitions this process owns whose host died: a client that
+/// was connected there counts as gone now (its will is owed after its delay), and their
+/// timers run here from now on.
+pub async fn adopt_orphans(hub: &Arc<Hub>, store: &Arc<SessionStore>) {
+    let me = store.instance().to_owned();
+    let live = store.live();
+    let owners = store.owners(None);
+    for state in store.all() {
+        let owned = usize::try_from(store.partition_of(&state.client_id))
+            .ok()
+            .and_then(|p| owners.get(p))
+            .is_some_and(|o| *o == me);
+        let orphan = state
+            .host
+            .as_ref()
+            .is_none_or(|host| *host != me && !live.contains(host));
+        if !owned || !orphan {
+            continue;
+        }
+        tracing::info!(client_id = %state.client_id, host = ?state.host, "session of a process that died taken over");
+        let mut adopted = match state.disconnected_at_ms {
+            Some(_) => state,
+            None => match session::disconnect(&state, Departure::Abnormal, None, now_ms()) {
+                DisconnectOutcome::Kept(kept) => kept,
+                DisconnectOutcome::Ended { will } => {
+                    if let Some(will) = &will {
+                        publish_will(hub, will, &state.client_id);
+                    }
+                    let _ = store.delete(&state.client_id, state.generation).await;
+                    continue;
+                }
+            },
+        };
+        adopted.host = Some(me.clone());
+        if let Err(error) = store.store(&adopted).await {
+            tracing::warn!(client_id = %adopted.client_id, %error, "adopted session not stored");
+            continue;
+        }
+        schedule(hub, store, &adopted);
+    }
+}

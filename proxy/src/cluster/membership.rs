@@ -1,0 +1,131 @@
+//! The live set of proxy processes, from the heartbeats each writes to the sessions topic
+//! (key `$mqtt-kafka/member/<instance>`, JSON, every [`HEARTBEAT_EVERY`]; a tombstone when
+//! it leaves on SIGTERM). A process whose heartbeat has not been seen for [`DEAD_AFTER`]
+//! is dead: its partitions move to the survivors.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Keys of the sessions topic that are not client ids start with this; a client id that
+/// does is refused at CONNECT.
+pub const RESERVED_PREFIX: &str = "$mqtt-kafka/";
+const MEMBER_PREFIX: &str = "$mqtt-kafka/member/";
+
+/// How often a process announces itself.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Silence after which a process counts as dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+/// What a process announces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub version: u32,
+    pub instance: String,
+    /// Where MQTT 5 clients are redirected to reach it (`None`: not reachable by redirect).
+    #[serde(default)]
+    pub server_reference: Option<String>,
+    /// When it was written (ms since the epoch).
+    pub at_ms: i64,
+}
+
+impl Heartbeat {
+    pub fn key(instance: &str) -> String {
+        format!("{MEMBER_PREFIX}{instance}")
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// The instance a sessions-topic key announces, if it is a heartbeat key.
+pub fn member_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(MEMBER_PREFIX)
+}
+
+/// The processes this one has heard of.
+#[derive(Debug, Default)]
+pub struct Membership {
+    members: BTreeMap<String, (Heartbeat, Instant)>,
+}
+
+impl Membership {
+    /// A heartbeat (`Some`) or a departure (`None`) of `instance`, read at `seen`.
+    pub fn apply(&mut self, instance: &str, heartbeat: Option<Heartbeat>, seen: Instant) {
+        match heartbeat {
+            Some(heartbeat) => {
+                self.members.insert(instance.to_owned(), (heartbeat, seen));
+            }
+            None => {
+                self.members.remove(instance);
+            }
+        }
+    }
+
+    /// The live processes, sorted by instance id: heard from within [`DEAD_AFTER`], by
+    /// this process's clock and by the heartbeat's own time (a heartbeat replayed at
+    /// start-up from long ago is not a sign of life).
+    pub fn live(&self, now: Instant, now_ms: i64) -> Vec<&Heartbeat> {
+        let window_ms = i64::try_from(DEAD_AFTER.as_millis()).unwrap_or(i64::MAX);
+        self.members
+            .values()
+            .filter(|(hb, seen)| now.saturating_duration_since(*seen) < DEAD_AFTER && now_ms - hb.at_ms < 2 * window_ms)
+            .map(|(hb, _)| hb)
+            .collect()
+    }
+
+    pub fn get(&self, instance: &str) -> Option<&Heartbeat> {
+        self.members.get(instance).map(|(hb, _)| hb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(instance: &str, at_ms: i64) -> Heartbeat {
+        Heartbeat {
+            version: 1,
+            instance: instance.into(),
+            server_reference: Some(format!("{instance}:1883")),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn members_are_live_while_their_heartbeats_are_fresh() {
+        let t = Instant::now();
+        let mut m = Membership::default();
+        m.apply("b", Some(hb("b", 1_000)), t);
+        m.apply("a", Some(hb("a", 1_000)), t);
+        let live: Vec<&str> = m.live(t, 1_500).iter().map(|h| h.instance.as_str()).collect();
+        assert_eq!(live, ["a", "b"]);
+        m.apply("a", Some(hb("a", 5_000)), t + Duration::from_secs(4));
+        let live: Vec<&str> = m
+            .live(t + Duration::from_secs(6), 7_000)
+            .iter()
+            .map(|h| h.instance.as_str())
+            .collect();
+        assert_eq!(live, ["a"], "b was silent for 6 s");
+        m.apply("a", None, t + Duration::from_secs(6));
+        assert!(m.live(t + Duration::from_secs(6), 7_000).is_empty(), "a left");
+    }
+
+    #[test]
+    fn an_old_heartbeat_read_at_start_up_is_not_life() {
+        let t = Instant::now();
+        let mut m = Membership::default();
+        m.apply("gone", Some(hb("gone", 0)), t);
+        assert!(m.live(t, 60_000).is_empty());
+    }
+
+    #[test]
+    fn heartbeat_keys_are_recognised() {
+        assert_eq!(member_of_key(&Heartbeat::key("proxy-1")), Some("proxy-1"));
+        assert_eq!(member_of_key("client-1"), None);
+        assert!(Heartbeat::key("x").starts_with(RESERVED_PREFIX));
+    }
+}

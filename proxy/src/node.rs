@@ -1,0 +1,143 @@
+//! This process as a member of the cluster: it announces itself, takes over the timers of
+//! sessions whose process died, moves MQTT 5 clients whose session another process now
+//! owns, and leaves on SIGTERM so that its partitions move at once. The decisions are
+//! `cluster`'s; this module runs them against the hub's live connections and the
+//! sessions topic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::broker::hub::{Hub, Kick};
+use crate::cluster::membership::{DEAD_AFTER, HEARTBEAT_EVERY};
+use crate::cluster::ownership::{self, Placement};
+use crate::kafka::sessions::SessionStore;
+use crate::mqtt::connect::Limits;
+use crate::mqtt::session;
+
+/// How often the mover looks for clients to move.
+const MOVE_EVERY: Duration = Duration::from_millis(100);
+
+/// Starts the heartbeat, the adoption of orphaned sessions and (with redirects on) the
+/// mover; they run until their tasks are dropped.
+pub fn spawn(
+    hub: Arc<Hub>,
+    store: Arc<SessionStore>,
+    limits: Arc<Limits>,
+    server_reference: Option<String>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(error) = s.heartbeat(server_reference.clone()).await {
+                tracing::warn!(%error, "heartbeat not written");
+            }
+            let owned = s.owners(None).iter().filter(|o| *o == s.instance()).count();
+            h.metrics().owned_partitions.set(i64::try_from(owned).unwrap_or(0));
+        }
+    }));
+    let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
+    tasks.push(tokio::spawn(async move {
+        // Until this process has heard everyone's heartbeats, every host looks dead.
+        tokio::time::sleep(DEAD_AFTER + HEARTBEAT_EVERY).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if s.is_loaded() {
+                session::adopt_orphans(&h, &s).await;
+            }
+        }
+    }));
+    if let Some(reason) = limits.redirect {
+        let per_tick = limits.redirects_per_second.div_ceil(10).max(1);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MOVE_EVERY);
+            loop {
+                tick.tick().await;
+                let owners = store.owners(None);
+                if owners.is_empty() {
+                    continue;
+                }
+                let moved = kick_misplaced(&hub, &store, &owners, reason, per_tick, None);
+                if moved > 0 {
+                    hub.metrics()
+                        .redirects
+                        .with_label_values(&["moved"])
+                        .inc_by(u64::try_from(moved).unwrap_or(0));
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Tells up to `budget` MQTT 5 connections whose session `owners` places elsewhere to go
+/// there; with `otherwise`, also closes the others with that reason (shutdown). Returns how
+/// many connections were told.
+fn kick_misplaced(
+    hub: &Hub,
+    store: &SessionStore,
+    owners: &[String],
+    reason: u8,
+    budget: u32,
+    otherwise: Option<u8>,
+) -> usize {
+    let mut told = 0;
+    for (id, client_id, mqtt5) in hub.connections() {
+        if told >= usize::try_from(budget).unwrap_or(usize::MAX) {
+            break;
+        }
+        let placement = ownership::place(
+            store.partition_of(&client_id),
+            owners,
+            store.instance(),
+            true,
+            mqtt5,
+            |i| store.reference_of(i),
+        );
+        let kick = match (placement, otherwise) {
+            (Placement::Elsewhere(reference), _) => Kick {
+                reason,
+                server_reference: Some(reference),
+            },
+            (Placement::Here, Some(reason)) => Kick {
+                reason,
+                server_reference: None,
+            },
+            (Placement::Here, None) => continue,
+        };
+        hub.kick(id, kick);
+        told += 1;
+    }
+    told
+}
+
+/// SIGTERM: leaves the cluster (its partitions move to the others now), then ends every
+/// connection with a DISCONNECT, MQTT 5 clients with the Server Reference of the process
+/// that owns their session from now on (when redirects are on), at the configured rate;
+/// returns once they are closed (sessions stored) or `grace` is over.
+pub async fn leave(hub: &Arc<Hub>, store: &Arc<SessionStore>, limits: &Limits, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    if let Err(error) = store.leave().await {
+        tracing::warn!(%error, "departure not written; the others notice in a few seconds");
+    }
+    let owners = store.owners(Some(store.instance()));
+    let reason = limits.redirect.unwrap_or(0x9C);
+    let per_tick = limits.redirects_per_second.div_ceil(10).max(1);
+    const SHUTTING_DOWN: u8 = 0x8B;
+    let mut tick = tokio::time::interval(MOVE_EVERY);
+    while hub.connection_count() > 0 && Instant::now() < deadline {
+        tick.tick().await;
+        let owners: &[String] = if limits.redirect.is_some() { &owners } else { &[] };
+        let told = kick_misplaced(hub, store, owners, reason, per_tick, Some(SHUTTING_DOWN));
+        hub.metrics()
+            .redirects
+            .with_label_values(&["shutdown"])
+            .inc_by(u64::try_from(told).unwrap_or(0));
+    }
+}

@@ -1,0 +1,473 @@
+//! Several `mqtt-kafka-proxy` processes (the real binary) as one broker: redirects to the
+//! owner of a session, ownership moving when a process is killed or stops, wills and
+//! expiry of sessions whose process died, clients handed over on SIGTERM.
+
+mod support;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mqtt_kafka_testenv::{kafka, unique_name};
+use support::RawPeer;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One proxy process of a test cluster.
+struct Proc {
+    port: u16,
+    admin: u16,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn reference(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.admin)).await else {
+            return 0.0;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = s
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body).await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    fn signal(&mut self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status.
+    async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of proxy processes on topics of its own.
+struct TestCluster {
+    dir: PathBuf,
+    bootstrap: String,
+    prefix: String,
+    procs: Vec<Proc>,
+}
+
+impl TestCluster {
+    async fn start(n: usize) -> Self {
+        let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
+        let prefix = unique_name("c");
+        let dir = mqtt_kafka_testenv::repo_root()
+            .join(".local")
+            .join("test-clusters")
+            .join(&prefix);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let mut cluster = Self {
+            dir,
+            bootstrap,
+            prefix,
+            procs: Vec::new(),
+        };
+        for i in 0..n {
+            cluster.add(i == 0).await;
+        }
+        cluster.wait_members(n).await;
+        cluster
+    }
+
+    /// Starts one more process (`create` creates the topics) and waits until it is ready.
+    async fn add(&mut self, create: bool) -> usize {
+        let i = self.procs.len();
+        let (port, admin) = (free_port(), free_port());
+        let instance = format!("proxy-{i}");
+        let config = format!(
+            "instanceId: {instance}\n\
+             listeners: [{{name: mqtt, protocol: tcp, address: '127.0.0.1:{port}'}}]\n\
+             admin: {{address: '127.0.0.1:{admin}'}}\n\
+             kafka: {{bootstrapServers: '{bootstrap}'}}\n\
+             topics: {{messages: {p}-messages, retained: {p}-retained, sessions: {p}-sessions}}\n\
+             cluster: {{serverReference: '127.0.0.1:{port}', redirect: {{enabled: true}}}}\n",
+            bootstrap = self.bootstrap,
+            p = self.prefix
+        );
+        let file = self.dir.join(format!("{instance}.yaml"));
+        std::fs::write(&file, config).expect("config");
+        let log = std::fs::File::create(self.dir.join(format!("{instance}.log"))).expect("log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"));
+        command.arg("--config").arg(&file).arg("--partitions").arg("6");
+        if create {
+            command.arg("--create-topics");
+        }
+        let child = command
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("proxy starts");
+        self.procs.push(Proc {
+            port,
+            admin,
+            child: Some(child),
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "proxy-{i} not ready; see {}",
+                self.dir.display()
+            );
+            if ready(admin).await {
+                return i;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running process owns some partitions and all together own all.
+    async fn wait_members(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut total = 0.0;
+            let mut each = Vec::new();
+            for p in self.procs.iter().filter(|p| p.child.is_some()) {
+                let owned = p.metric("mqtt_kafka_owned_session_partitions").await;
+                total += owned;
+                each.push(owned);
+            }
+            if each.len() == n && each.iter().all(|o| *o >= 1.0) && (total - 6.0).abs() < f64::EPSILON {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ownership did not settle: {each:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn by_port(&self, port: u16) -> usize {
+        self.procs
+            .iter()
+            .position(|p| p.port == port)
+            .expect("a process of the cluster")
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn ready(admin: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)).await else {
+        return false;
+    };
+    let _ = s
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer).await;
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// The reason code and Server Reference of a v5 CONNACK or DISCONNECT.
+fn reason_and_reference(packet: &[u8]) -> (u8, Option<String>) {
+    // Fixed header, remaining length (one byte here), [CONNACK: flags], reason, properties.
+    let mut at = 2;
+    if packet[0] == 0x20 {
+        at += 1;
+    }
+    let reason = packet.get(at).copied().unwrap_or(0);
+    let mut reference = None;
+    if let Some(&len) = packet.get(at + 1) {
+        let mut p = at + 2;
+        let end = (at + 2 + usize::from(len)).min(packet.len());
+        while p < end {
+            let id = packet[p];
+            p += 1;
+            match id {
+                // UTF-8 string properties.
+                0x1C | 0x12 | 0x1A | 0x1F | 0x15 => {
+                    let n = usize::from(u16::from_be_bytes([packet[p], packet[p + 1]]));
+                    if id == 0x1C {
+                        reference = Some(String::from_utf8_lossy(&packet[p + 2..p + 2 + n]).into_owned());
+                    }
+                    p += 2 + n;
+                }
+                0x11 | 0x27 => p += 4,
+                0x21 | 0x22 | 0x13 => p += 2,
+                0x24 | 0x25 | 0x28 | 0x29 | 0x2A => p += 1,
+                0x26 => {
+                    let n = usize::from(u16::from_be_bytes([packet[p], packet[p + 1]]));
+                    let m = usize::from(u16::from_be_bytes([packet[p + 2 + n], packet[p + 3 + n]]));
+                    p += 4 + n + m;
+                }
+                _ => break,
+            }
+        }
+    }
+    (reason, reference)
+}
+
+/// A v5 CONNECT: client id, clean start, session expiry, optional will (topic, delay).
+fn connect_packet(id: &str, clean: bool, expiry: u32, will: Option<(&str, u32)>) -> Vec<u8> {
+    let mut flags = if clean { 0x02 } else { 0 };
+    if will.is_some() {
+        flags |= 0x04 | 0x08; // will, QoS 1
+    }
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, flags, 0, 30];
+    body.extend_from_slice(&[5, 0x11]);
+    body.extend_from_slice(&expiry.to_be_bytes());
+    body.extend_from_slice(&u16::try_from(id.len()).unwrap_or(0).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    if let Some((topic, delay)) = will {
+        body.extend_from_slice(&[5, 0x18]);
+        body.extend_from_slice(&delay.to_be_bytes());
+        body.extend_from_slice(&u16::try_from(topic.len()).unwrap_or(0).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&[0, 4]);
+        body.extend_from_slice(b"gone");
+    }
+    let mut packet = vec![0x10, u8::try_from(body.len()).expect("short CONNECT")];
+    packet.extend(body);
+    packet
+}
+
+/// Connects as a client following redirects; returns the peer, the port it ended at, how
+/// many redirects it followed and whether the session was present.
+async fn connect_following(
+    start: u16,
+    id: &str,
+    clean: bool,
+    expiry: u32,
+    will: Option<(&str, u32)>,
+) -> (RawPeer, u16, usize, bool) {
+    let mut port = start;
+    let mut redirects = 0;
+    loop {
+        let mut peer = RawPeer {
+            stream: TcpStream::connect(("127.0.0.1", port)).await.expect("connect"),
+        };
+        peer.send(&connect_packet(id, clean, expiry, will)).await;
+        let connack = peer.read_packet().await.expect("CONNACK");
+        match reason_and_reference(&connack) {
+            (0, _) => return (peer, port, redirects, connack[2] & 1 == 1),
+            (0x9C, Some(reference)) => {
+                port = reference
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .expect("host:port");
+                redirects += 1;
+                assert!(redirects < 3, "redirected in circles");
+            }
+            other => panic!("CONNACK {other:?}"),
+        }
+    }
+}
+
+/// A v5 SUBSCRIBE of `filter` at QoS 1, packet id 1; waits for the SUBACK.
+async fn subscribe(peer: &mut RawPeer, filter: &str) {
+    let mut body = vec![0, 1, 0];
+    body.extend_from_slice(&u16::try_from(filter.len()).unwrap_or(0).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(1);
+    let mut packet = vec![0x82, u8::try_from(body.len()).expect("short")];
+    packet.extend(body);
+    peer.send(&packet).await;
+    let suback = peer.read_packet().await.expect("SUBACK");
+    assert_eq!(suback[0], 0x90);
+}
+
+/// The next PUBLISH's topic and payload (PUBACKs it for QoS 1).
+async fn next_publish(peer: &mut RawPeer) -> (String, String) {
+    loop {
+        let packet = peer.read_packet().await.expect("a PUBLISH");
+        if packet[0] & 0xF0 != 0x30 {
+            continue;
+        }
+        let qos = (packet[0] >> 1) & 3;
+        let mut at = 1;
+        while packet[at] & 0x80 != 0 {
+            at += 1;
+        }
+        at += 1;
+        let n = usize::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+        let topic = String::from_utf8_lossy(&packet[at + 2..at + 2 + n]).into_owned();
+        at += 2 + n;
+        if qos > 0 {
+            let id = [packet[at], packet[at + 1]];
+            peer.send(&[0x40, 2, id[0], id[1]]).await;
+            at += 2;
+        }
+        let props = usize::from(packet[at]);
+        at += 1 + props;
+        return (topic, String::from_utf8_lossy(&packet[at..]).into_owned());
+    }
+}
+
+#[tokio::test]
+async fn mqtt5_clients_are_redirected_to_the_owner_of_their_session() {
+    let cluster = TestCluster::start(3).await;
+    let mut redirected = 0;
+    let mut served_by = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let (_peer, port, redirects, _) =
+            connect_following(cluster.procs[0].port, &format!("dev-{i}"), true, 0, None).await;
+        redirected += redirects;
+        served_by.insert(port);
+        // The owner serves it without a redirect.
+        let (_again, again_port, again_redirects, _) =
+            connect_following(port, &format!("dev-{i}"), true, 0, None).await;
+        assert_eq!((again_port, again_redirects), (port, 0), "dev-{i}");
+    }
+    assert!(redirected > 0, "some of 12 clients belong to another process");
+    assert_eq!(served_by.len(), 3, "every process owns some of them: {served_by:?}");
+}
+
+#[tokio::test]
+async fn a_killed_process_loses_its_partitions_and_its_clients_wills_fire_elsewhere() {
+    let mut cluster = TestCluster::start(3).await;
+    let (mut watcher, watch_port, _, _) = connect_following(cluster.procs[0].port, "watcher", true, 0, None).await;
+    subscribe(&mut watcher, "wills/#").await;
+    // A client with a will (delay 1 s) and an expiring session, on a process other than
+    // the watcher's; the watcher may have to move if its own process is killed, so pick
+    // a client that lives elsewhere.
+    let mut victim = None;
+    for i in 0..50 {
+        let id = format!("doomed-{i}");
+        let (peer, port, _, _) =
+            connect_following(cluster.procs[0].port, &id, false, 3, Some(("wills/doomed", 1))).await;
+        if port != watch_port {
+            victim = Some((peer, port, id));
+            break;
+        }
+    }
+    let (_peer, port, id) = victim.expect("a client on another process");
+    let dead = cluster.by_port(port);
+    let killed = Instant::now();
+    cluster.procs[dead].kill();
+
+    // Ownership moves to the two survivors within 10 s.
+    let deadline = killed + Duration::from_secs(10);
+    loop {
+        let mut total = 0.0;
+        for p in cluster.procs.iter().filter(|p| p.child.is_some()) {
+            total += p.metric("mqtt_kafka_owned_session_partitions").await;
+        }
+        if (total - 6.0).abs() < f64::EPSILON {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "survivors own {total} of 6 partitions 10 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let moved_after = killed.elapsed();
+
+    // The will of the client of the dead process fires on a survivor.
+    let (topic, payload) = tokio::time::timeout(Duration::from_secs(15), next_publish(&mut watcher))
+        .await
+        .expect("the will within 15 s of the kill");
+    assert_eq!((topic.as_str(), payload.as_str()), ("wills/doomed", "gone"));
+    let will_after = killed.elapsed();
+
+    // And its session (expiry 3 s) is deleted: it is not present any more.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let survivor = cluster
+        .procs
+        .iter()
+        .find(|p| p.child.is_some())
+        .map(|p| p.port)
+        .expect("survivor");
+    let (_again, _, _, present) = connect_following(survivor, &id, false, 3, None).await;
+    assert!(!present, "the session of the dead process's client expired");
+    eprintln!("ownership moved {moved_after:?} after SIGKILL; will {will_after:?}");
+}
+
+#[tokio::test]
+async fn sigterm_hands_mqtt5_clients_to_the_new_owner_and_exits() {
+    let mut cluster = TestCluster::start(3).await;
+    let (mut client, port, _, _) = connect_following(cluster.procs[0].port, "handed-over", false, 60, None).await;
+    let leaving = cluster.by_port(port);
+    let started = Instant::now();
+    cluster.procs[leaving].signal("TERM");
+    let disconnect = client.read_packet().await.expect("DISCONNECT before the close");
+    assert_eq!(disconnect[0], 0xE0, "{disconnect:02x?}");
+    let (reason, reference) = reason_and_reference(&disconnect);
+    assert_eq!(reason, 0x9C, "use another server");
+    let reference = reference.expect("Server Reference");
+    let survivors: Vec<String> = cluster
+        .procs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leaving)
+        .map(|(_, p)| p.reference())
+        .collect();
+    assert!(
+        survivors.contains(&reference),
+        "{reference} is a survivor: {survivors:?}"
+    );
+    let status = cluster.procs[leaving]
+        .exited(Duration::from_secs(30))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status}");
+    eprintln!("handed over and exited {:?} after SIGTERM", started.elapsed());
+    // The new owner takes the client with its session.
+    let port: u16 = reference.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let mut peer = RawPeer {
+        stream: TcpStream::connect(("127.0.0.1", port)).await.expect("connect"),
+    };
+    peer.send(&connect_packet("handed-over", false, 60, None)).await;
+    let connack = peer.read_packet().await.expect("CONNACK");
+    assert_eq!(
+        (connack[2], connack[3]),
+        (1, 0),
+        "session present, success: {connack:02x?}"
+    );
+}
