@@ -34,7 +34,7 @@ pub fn spawn(
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            if let Err(error) = s.heartbeat(server_reference.clone()).await {
+            if let Err(error) = s.heartbeat(server_reference.clone(), h.shares()).await {
                 tracing::warn!(%error, "heartbeat not written");
             }
             let owned = s.owners(None).iter().filter(|o| *o == s.instance()).count();

@@ -281,3 +281,48 @@ async fn a_subscriber_that_falls_far_behind_gets_every_message_from_kafka() {
     }
     assert!(proxy.metric("mqtt_kafka_replayed_records_total").await.unwrap_or(0.0) >= 1.0);
 }
+
+#[tokio::test]
+async fn each_message_of_a_shared_subscription_goes_to_one_member_across_processes() {
+    let procs = cluster(3).await;
+    let mut members = Vec::new();
+    for (i, proc) in procs.iter().enumerate() {
+        let mut member = Client::connect(proc, &format!("share-member-{i}")).await;
+        member
+            .client
+            .subscribe("$share/workers/jobs/#", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        member.suback().await;
+        members.push(member);
+    }
+    // Each process announces its members with its next heartbeat (every second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut publisher = Client::connect(&procs[0], "share-publisher").await;
+    let total = 90;
+    publish_acked(&mut publisher, total, |i| format!("jobs/{i}")).await;
+    let mut got = Vec::new();
+    let mut per_member = Vec::new();
+    for member in &mut members {
+        let mut mine = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(1500), member.next_publish()).await {
+                Ok(p) => {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                    mine += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        per_member.push(mine);
+    }
+    got.sort();
+    let before = got.len();
+    got.dedup();
+    assert_eq!(before, got.len(), "a message went to two members: {per_member:?}");
+    assert_eq!(got.len(), total, "every message reached a member: {per_member:?}");
+    assert!(
+        per_member.iter().all(|n| *n > 0),
+        "spread over the processes: {per_member:?}"
+    );
+}

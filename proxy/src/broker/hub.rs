@@ -90,6 +90,10 @@ struct Tracking {
     replaying: HashMap<String, BTreeMap<i32, i64>>,
 }
 
+/// Whether this process delivers a record (`partition`, `offset`) to its members of a
+/// share.
+pub type SharePolicy = Box<dyn Fn(&str, i32, i64) -> bool + Send + Sync>;
+
 /// Why the hub closes a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kick {
@@ -122,6 +126,10 @@ pub struct Hub {
     live: RwLock<HashMap<ConnId, Live>>,
     clients: Mutex<HashMap<String, ConnId>>,
     indexes: HashMap<String, RwLock<SubscriptionIndex<ConnId>>>,
+    /// Decides, per record, whether this process serves a shared subscription
+    /// (`share, partition, offset`); set once the cluster is known, else every share is
+    /// served here.
+    share_policy: std::sync::OnceLock<SharePolicy>,
     /// Per messages topic, the offset the fan-out dispatches next in each partition;
     /// changed only under that topic's index lock.
     fanout: HashMap<String, Mutex<BTreeMap<i32, i64>>>,
@@ -169,6 +177,7 @@ impl Hub {
             live: RwLock::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             indexes,
+            share_policy: std::sync::OnceLock::new(),
             fanout,
             retained: RwLock::new(RetainedStore::new()),
         }
@@ -240,6 +249,19 @@ impl Hub {
             kicked,
             lagging,
         }
+    }
+
+    /// Sets who serves which share (once).
+    pub fn set_share_policy(&self, policy: SharePolicy) {
+        let _ = self.share_policy.set(policy);
+    }
+
+    /// The shares (`$share/{group}/{filter}`) this process has members of.
+    pub fn shares(&self) -> Vec<String> {
+        let mut shares: Vec<String> = self.indexes.values().flat_map(|i| read(i).shares()).collect();
+        shares.sort();
+        shares.dedup();
+        shares
     }
 
     /// Every live connection: id, client id, whether it speaks MQTT 5.
@@ -502,7 +524,8 @@ impl RecordSink for Hub {
         };
         // Held until the position moves past this record (see `rejoin` and `positions`).
         let index = read(index);
-        let deliveries = index.route(&message.topic, message.publisher.as_deref());
+        let share_here = |share: &str| self.share_policy.get().is_none_or(|p| p(share, partition, offset));
+        let deliveries = index.route_sharing(&message.topic, message.publisher.as_deref(), &share_here);
         if !deliveries.is_empty() {
             let message = Arc::new(message);
             let origin = Origin {

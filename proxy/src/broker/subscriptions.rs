@@ -116,6 +116,8 @@ impl<S> Delivery<S> {
 /// The members of one share group on one filter.
 #[derive(Debug)]
 struct Group<S> {
+    /// `$share/{group}/{filter}`: the share's name across processes.
+    share: Box<str>,
     /// In order of joining; the round-robin walks this order.
     members: Vec<(S, Grant)>,
     next: AtomicUsize,
@@ -258,7 +260,9 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
         let replaced = match &sub.share_group {
             None => node.subscribers.insert(subscriber, grant).is_some(),
             Some(group) => {
+                let share = sub.filter_as_sent().into_boxed_str();
                 let group = node.groups.entry(group.as_str().into()).or_insert_with(|| Group {
+                    share,
                     members: Vec::new(),
                     next: AtomicUsize::new(0),
                 });
@@ -326,6 +330,18 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
     /// of the publisher itself do not count. Each (share group, filter) pair that matches
     /// picks one member round-robin. Sorted by subscriber.
     pub fn route(&self, topic: &str, publisher_client_id: Option<&str>) -> Vec<Delivery<S>> {
+        self.route_sharing(topic, publisher_client_id, &|_| true)
+    }
+
+    /// [`route`](Self::route), where a shared subscription (`$share/{group}/{filter}`)
+    /// delivers only when `share_here` says this process serves it for this message (one
+    /// process of a cluster delivers each message of a share).
+    pub fn route_sharing(
+        &self,
+        topic: &str,
+        publisher_client_id: Option<&str>,
+        share_here: &dyn Fn(&str) -> bool,
+    ) -> Vec<Delivery<S>> {
         let mut plain: Vec<(S, Grant)> = Vec::new();
         let mut shared: Vec<Delivery<S>> = Vec::new();
         let _ = self.walk::<()>(topic, |node| {
@@ -340,6 +356,7 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
             shared.extend(
                 node.groups
                     .values()
+                    .filter(|g| !g.members.is_empty() && share_here(&g.share))
                     .filter_map(Group::pick)
                     .map(|(subscriber, grant)| Delivery::new(subscriber, grant, true)),
             );
@@ -373,6 +390,20 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
             .map(|s| (subscriber, Grant::from(s)))
             .collect();
         merge(plain).pop()
+    }
+
+    /// The shares (`$share/{group}/{filter}`) that have members here, sorted.
+    pub fn shares(&self) -> Vec<String> {
+        let mut shares: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.groups.values())
+            .filter(|g| !g.members.is_empty())
+            .map(|g| g.share.to_string())
+            .collect();
+        shares.sort();
+        shares.dedup();
+        shares
     }
 
     /// Whether any subscription (ignoring No Local) matches `topic`: a cheap test that

@@ -29,6 +29,9 @@ pub struct Heartbeat {
     pub server_reference: Option<String>,
     /// When it was written (ms since the epoch).
     pub at_ms: i64,
+    /// The shared subscriptions (`$share/{group}/{filter}`) it has members of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<String>,
 }
 
 impl Heartbeat {
@@ -92,6 +95,7 @@ mod tests {
             instance: instance.into(),
             server_reference: Some(format!("{instance}:1883")),
             at_ms,
+            shares: Vec::new(),
         }
     }
 

@@ -74,6 +74,18 @@ pub fn place(
     }
 }
 
+/// Which of the processes with members of one share (`candidates`, sorted) delivers the
+/// record at `partition` / `offset`: spread evenly by the record, the same answer on
+/// every process, so each message of a share goes to one member in the whole cluster.
+pub fn share_server<'a>(candidates: &[&'a str], partition: i32, offset: i64) -> Option<&'a str> {
+    if candidates.is_empty() {
+        return None;
+    }
+    let hash = crate::kafka::partitioner::to_positive(murmur2(format!("{partition}/{offset}").as_bytes()));
+    let index = usize::try_from(hash).unwrap_or(0) % candidates.len();
+    Some(candidates[index])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +121,19 @@ mod tests {
         // p3's partitions must move; the cap moves a few others at most.
         assert!(moved >= had && moved <= had + 64 / 4, "moved {moved}, p3 had {had}");
         assert!(after.iter().all(|o| o != "p3"));
+    }
+
+    #[test]
+    fn each_record_of_a_share_has_one_server_and_the_load_spreads() {
+        let candidates = ["p0", "p1", "p2"];
+        let mut counts = [0usize; 3];
+        for offset in 0..3000 {
+            let chosen = share_server(&candidates, 1, offset).expect("one");
+            assert_eq!(share_server(&candidates, 1, offset), Some(chosen), "stable");
+            counts[candidates.iter().position(|c| *c == chosen).unwrap_or(0)] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 800), "{counts:?}");
+        assert_eq!(share_server(&[], 0, 0), None);
     }
 
     #[test]

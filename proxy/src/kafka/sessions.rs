@@ -61,6 +61,9 @@ pub struct SessionStore {
     skipped: Mutex<u64>,
     /// The processes heard of through their heartbeats.
     membership: Mutex<Membership>,
+    /// Per share, the live processes with members of it (sorted); refreshed with every
+    /// heartbeat, read for every record of a share.
+    share_servers: RwLock<HashMap<String, Vec<String>>>,
 }
 
 impl SessionStore {
@@ -77,7 +80,41 @@ impl SessionStore {
             loaded: AtomicBool::new(false),
             skipped: Mutex::new(0),
             membership: Mutex::new(Membership::default()),
+            share_servers: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Whether this process delivers the record at `partition` / `offset` to its members
+    /// of `share`: one process of those with members does, the same one on every process.
+    /// Before any heartbeat says who has members, every process serves its own.
+    pub fn share_here(&self, share: &str, partition: i32, offset: i64) -> bool {
+        let servers = self.share_servers.read().unwrap_or_else(|e| e.into_inner());
+        match servers.get(share) {
+            Some(candidates) if !candidates.is_empty() => {
+                let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                ownership::share_server(&candidates, partition, offset) == Some(self.instance.as_str())
+            }
+            _ => true,
+        }
+    }
+
+    /// Recomputes which live process has members of which share.
+    fn refresh_shares(&self) {
+        let membership = locked(&self.membership);
+        let mut servers: HashMap<String, Vec<String>> = HashMap::new();
+        for heartbeat in membership.live(std::time::Instant::now(), now_ms()) {
+            for share in &heartbeat.shares {
+                servers
+                    .entry(share.clone())
+                    .or_default()
+                    .push(heartbeat.instance.clone());
+            }
+        }
+        drop(membership);
+        for candidates in servers.values_mut() {
+            candidates.sort();
+        }
+        *self.share_servers.write().unwrap_or_else(|e| e.into_inner()) = servers;
     }
 
     pub fn instance(&self) -> &str {
@@ -113,18 +150,20 @@ impl SessionStore {
     }
 
     /// Announces this process (its server reference, if it has one) and waits for Kafka.
-    pub async fn heartbeat(&self, server_reference: Option<String>) -> Result<(), SessionError> {
+    pub async fn heartbeat(&self, server_reference: Option<String>, shares: Vec<String>) -> Result<(), SessionError> {
         let heartbeat = Heartbeat {
             version: 1,
             instance: self.instance.clone(),
             server_reference,
             at_ms: now_ms(),
+            shares,
         };
         let key = Heartbeat::key(&self.instance);
         let written =
             self.publisher
                 .enqueue_keyed(&self.topic, self.partition_of(&key), &key, Some(&heartbeat.encode()))?;
         locked(&self.membership).apply(&self.instance, Some(heartbeat), std::time::Instant::now());
+        self.refresh_shares();
         written.await?;
         Ok(())
     }
