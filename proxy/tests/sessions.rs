@@ -305,14 +305,9 @@ async fn each_message_of_a_shared_subscription_goes_to_one_member_across_process
     let mut per_member = Vec::new();
     for member in &mut members {
         let mut mine = 0;
-        loop {
-            match tokio::time::timeout(Duration::from_millis(1500), member.next_publish()).await {
-                Ok(p) => {
-                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
-                    mine += 1;
-                }
-                Err(_) => break,
-            }
+        while let Ok(p) = tokio::time::timeout(Duration::from_millis(1500), member.next_publish()).await {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+            mine += 1;
         }
         per_member.push(mine);
     }
