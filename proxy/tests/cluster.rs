@@ -23,6 +23,7 @@ fn free_port() -> u16 {
 
 /// One proxy process of a test cluster.
 struct Proc {
+    instance: String,
     port: u16,
     admin: u16,
     child: Option<Child>,
@@ -46,6 +47,31 @@ impl Proc {
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
+    }
+
+    /// Starts the process again after a kill: same instance id, ports and config.
+    async fn restart(&mut self, dir: &std::path::Path) {
+        let file = dir.join(format!("{}.yaml", self.instance));
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join(format!("{}.log", self.instance)))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_mqtt-kafka-proxy"))
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("proxy restarts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready(self.admin).await {
+            assert!(Instant::now() < deadline, "{} not ready after restart", self.instance);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn signal(&mut self, signal: &str) {
@@ -148,6 +174,7 @@ impl TestCluster {
             .spawn()
             .expect("proxy starts");
         self.procs.push(Proc {
+            instance,
             port,
             admin,
             child: Some(child),
@@ -470,4 +497,295 @@ async fn sigterm_hands_mqtt5_clients_to_the_new_owner_and_exits() {
         (1, 0),
         "session present, success: {connack:02x?}"
     );
+}
+
+/// An MQTT 5 client that follows redirects and reconnects wherever it can (a session that
+/// must survive processes dying), reading packets with a short timeout.
+struct Resilient {
+    id: String,
+    ports: Vec<u16>,
+    peer: Option<RawPeer>,
+    buffer: Vec<u8>,
+    /// Connections made (the first one included).
+    connects: usize,
+}
+
+/// What the resilient client read.
+enum Read {
+    Packet(Vec<u8>),
+    Nothing,
+}
+
+impl Resilient {
+    fn new(id: &str, ports: Vec<u16>) -> Self {
+        Self {
+            id: id.to_owned(),
+            ports,
+            peer: None,
+            buffer: Vec::new(),
+            connects: 0,
+        }
+    }
+
+    /// Connects (persistent session, expiry 300 s), starting at `first` if given, trying
+    /// every process until one accepts, following redirects.
+    async fn connect(&mut self, first: Option<u16>) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let mut candidates: Vec<u16> = first.into_iter().chain(self.ports.iter().copied()).collect();
+        loop {
+            assert!(Instant::now() < deadline, "{} could not connect anywhere", self.id);
+            let port = candidates.remove(0);
+            candidates.push(port);
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(("127.0.0.1", port))).await
+            else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut peer = RawPeer { stream };
+            peer.send(&connect_packet(&self.id, false, 300, None)).await;
+            let Ok(Some(connack)) = tokio::time::timeout(Duration::from_secs(5), peer.read_packet()).await else {
+                continue;
+            };
+            match reason_and_reference(&connack) {
+                (0, _) => {
+                    self.peer = Some(peer);
+                    self.buffer.clear();
+                    self.connects += 1;
+                    return;
+                }
+                (0x9C | 0x9D, Some(reference)) => {
+                    if let Some(port) = reference.rsplit(':').next().and_then(|p| p.parse().ok()) {
+                        candidates.insert(0, port);
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// The next whole packet within `wait`; reconnects when the server closed or sent a
+    /// DISCONNECT (to its Server Reference, if any).
+    async fn read(&mut self, wait: Duration) -> Read {
+        use tokio::io::AsyncReadExt;
+        if self.peer.is_none() {
+            self.connect(None).await;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(packet) = take_packet(&mut self.buffer) {
+                if packet[0] == 0xE0 {
+                    let (_, reference) = reason_and_reference(&packet);
+                    let port = reference.and_then(|r| r.rsplit(':').next().and_then(|p| p.parse().ok()));
+                    self.peer = None;
+                    self.connect(port).await;
+                    continue;
+                }
+                return Read::Packet(packet);
+            }
+            let Some(peer) = &mut self.peer else {
+                return Read::Nothing;
+            };
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout_at(deadline, peer.stream.read(&mut chunk)).await {
+                Err(_) => return Read::Nothing,
+                Ok(Ok(n)) if n > 0 => self.buffer.extend_from_slice(&chunk[..n]),
+                Ok(_) => {
+                    self.peer = None;
+                    self.connect(None).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        if let Some(peer) = &mut self.peer {
+            use tokio::io::AsyncWriteExt;
+            if peer.stream.write_all(bytes).await.is_err() {
+                self.peer = None;
+            }
+        }
+    }
+}
+
+/// Takes one whole packet off the front of `buffer`.
+fn take_packet(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut remaining = 0usize;
+    let mut at = 1;
+    for shift in [0, 7, 14, 21] {
+        let byte = *buffer.get(at)?;
+        remaining |= usize::from(byte & 0x7f) << shift;
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    if buffer.len() < at + remaining {
+        return None;
+    }
+    Some(buffer.drain(..at + remaining).collect())
+}
+
+/// Topic, payload and packet id of a PUBLISH.
+fn parse_publish(packet: &[u8]) -> (String, String, Option<[u8; 2]>) {
+    let qos = (packet[0] >> 1) & 3;
+    let mut at = 1;
+    while packet[at] & 0x80 != 0 {
+        at += 1;
+    }
+    at += 1;
+    let n = usize::from(u16::from_be_bytes([packet[at], packet[at + 1]]));
+    let topic = String::from_utf8_lossy(&packet[at + 2..at + 2 + n]).into_owned();
+    at += 2 + n;
+    let id = (qos > 0).then(|| [packet[at], packet[at + 1]]);
+    if qos > 0 {
+        at += 2;
+    }
+    let props = usize::from(packet[at]);
+    at += 1 + props;
+    (topic, String::from_utf8_lossy(&packet[at..]).into_owned(), id)
+}
+
+/// A v5 QoS 1 PUBLISH.
+fn publish_packet(topic: &str, id: u16, payload: &str, dup: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&u16::try_from(topic.len()).unwrap_or(0).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&id.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(payload.as_bytes());
+    let mut packet = vec![if dup { 0x3A } else { 0x32 }, u8::try_from(body.len()).expect("short")];
+    packet.extend(body);
+    packet
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_processes_are_killed_and_restarted() {
+    let mut cluster = TestCluster::start(3).await;
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+
+    // The subscriber: persistent session, QoS 1, on whichever process owns it.
+    let mut subscriber = Resilient::new("load-subscriber", ports.clone());
+    subscriber.connect(None).await;
+    let sub_port = subscriber
+        .peer
+        .as_ref()
+        .and_then(|p| p.stream.peer_addr().ok())
+        .map(|a| a.port())
+        .expect("port");
+    if let Some(peer) = &mut subscriber.peer {
+        subscribe(peer, "load/#").await;
+    }
+    let received = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new()));
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let reader = {
+        let received = std::sync::Arc::clone(&received);
+        tokio::spawn(async move {
+            loop {
+                if *stop.borrow_and_update() {
+                    return subscriber.connects;
+                }
+                if let Read::Packet(packet) = subscriber.read(Duration::from_millis(200)).await
+                    && packet[0] & 0xF0 == 0x30
+                {
+                    let (_, payload, id) = parse_publish(&packet);
+                    if let Some(id) = id {
+                        subscriber.send(&[0x40, 2, id[0], id[1]]).await;
+                    }
+                    *received
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(payload)
+                        .or_default() += 1;
+                }
+            }
+        })
+    };
+
+    // The publisher: QoS 1 at about 200 messages a second, resending what was not
+    // acknowledged when it has to reconnect.
+    let mut publisher = Resilient::new("load-publisher", ports.clone());
+    publisher.connect(None).await;
+    let victim = cluster.by_port(sub_port);
+    let mut acked = std::collections::BTreeSet::new();
+    let mut unacked: std::collections::BTreeMap<u16, String> = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    let mut next = 1u16;
+    let mut killed = false;
+    let mut restarted = false;
+    let mut connects_seen = publisher.connects;
+    while next <= 3000 || !unacked.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(120), "publishing took too long");
+        if !killed && started.elapsed() > Duration::from_secs(2) {
+            cluster.procs[victim].kill();
+            killed = true;
+        }
+        if killed && !restarted && started.elapsed() > Duration::from_secs(9) {
+            let dir = cluster.dir.clone();
+            cluster.procs[victim].restart(&dir).await;
+            restarted = true;
+        }
+        if publisher.connects != connects_seen {
+            // A new connection: send again what was not acknowledged (DUP).
+            connects_seen = publisher.connects;
+            for (id, payload) in unacked.clone() {
+                publisher.send(&publish_packet("load/x", id, &payload, true)).await;
+            }
+        }
+        let due = started.elapsed() >= Duration::from_millis(5) * u32::from(next);
+        if next <= 3000 && unacked.len() < 20 && due {
+            let payload = format!("p{next}");
+            publisher
+                .send(&publish_packet(&format!("load/{}", next % 5), next, &payload, false))
+                .await;
+            unacked.insert(next, payload);
+            next += 1;
+        }
+        if let Read::Packet(packet) = publisher.read(Duration::from_millis(5)).await
+            && packet[0] == 0x40
+        {
+            let id = u16::from_be_bytes([packet[2], packet[3]]);
+            let reason = packet.get(4).copied().unwrap_or(0);
+            if let Some(payload) = unacked.remove(&id) {
+                if reason == 0 {
+                    acked.insert(payload);
+                } else {
+                    unacked.insert(id, payload); // refused for now: sent again later
+                }
+            }
+        }
+    }
+    assert!(killed && restarted);
+
+    // Everything acknowledged reaches the subscriber (duplicates allowed for QoS 1).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<String> = {
+            let received = received.lock().unwrap_or_else(|e| e.into_inner());
+            acked.iter().filter(|p| !received.contains_key(*p)).cloned().collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged messages never reached the subscriber, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(10)]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = stop_tx.send(true);
+    let sub_connects = reader.await.expect("reader");
+    let received = received.lock().unwrap_or_else(|e| e.into_inner());
+    let duplicates: usize = received.values().map(|n| n - 1).sum();
+    eprintln!(
+        "acknowledged {}, received {} distinct, {duplicates} duplicates; subscriber connected {sub_connects} times, publisher {} times, in {:?}",
+        acked.len(),
+        received.len(),
+        publisher.connects,
+        started.elapsed()
+    );
+    assert!(sub_connects >= 2, "the subscriber had to move");
 }
