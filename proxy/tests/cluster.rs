@@ -659,26 +659,30 @@ fn publish_packet(topic: &str, id: u16, payload: &str, dup: bool) -> Vec<u8> {
     packet
 }
 
-#[tokio::test]
-async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_processes_are_killed_and_restarted() {
-    let mut cluster = TestCluster::start(3).await;
-    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+/// Payloads a subscriber received, with how often.
+type Received = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
 
-    // The subscriber: persistent session, QoS 1, on whichever process owns it.
-    let mut subscriber = Resilient::new("load-subscriber", ports.clone());
+/// A persistent QoS 1 subscriber of `filter` that keeps reading (following redirects,
+/// reconnecting) until `stop`; the task returns how often it connected.
+async fn spawn_subscriber(
+    id: &str,
+    ports: Vec<u16>,
+    filter: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<usize>, Received, u16) {
+    let mut subscriber = Resilient::new(id, ports);
     subscriber.connect(None).await;
-    let sub_port = subscriber
+    let port = subscriber
         .peer
         .as_ref()
         .and_then(|p| p.stream.peer_addr().ok())
         .map(|a| a.port())
         .expect("port");
     if let Some(peer) = &mut subscriber.peer {
-        subscribe(peer, "load/#").await;
+        subscribe(peer, filter).await;
     }
-    let received = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<String, usize>::new()));
-    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-    let reader = {
+    let received = Received::default();
+    let task = {
         let received = std::sync::Arc::clone(&received);
         tokio::spawn(async move {
             loop {
@@ -701,43 +705,40 @@ async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_proces
             }
         })
     };
+    (task, received, port)
+}
 
-    // The publisher: QoS 1 at about 200 messages a second, resending what was not
-    // acknowledged when it has to reconnect.
-    let mut publisher = Resilient::new("load-publisher", ports.clone());
+/// Publishes `count` QoS 1 messages `p<n>` on `scale/...` at one per `every`, resending
+/// what was not acknowledged after a reconnect; `at` is called between messages with the
+/// time since the start (to kill, start or stop processes). Returns what was acknowledged.
+async fn publish_resiliently(
+    cluster: &mut TestCluster,
+    topic: &str,
+    count: u16,
+    every: Duration,
+    mut at: impl AsyncFnMut(&mut TestCluster, Duration),
+) -> std::collections::BTreeSet<String> {
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    let mut publisher = Resilient::new(&unique_name("publisher"), ports);
     publisher.connect(None).await;
-    let victim = cluster.by_port(sub_port);
     let mut acked = std::collections::BTreeSet::new();
     let mut unacked: std::collections::BTreeMap<u16, String> = std::collections::BTreeMap::new();
     let started = Instant::now();
     let mut next = 1u16;
-    let mut killed = false;
-    let mut restarted = false;
     let mut connects_seen = publisher.connects;
-    while next <= 3000 || !unacked.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(120), "publishing took too long");
-        if !killed && started.elapsed() > Duration::from_secs(2) {
-            cluster.procs[victim].kill();
-            killed = true;
-        }
-        if killed && !restarted && started.elapsed() > Duration::from_secs(9) {
-            let dir = cluster.dir.clone();
-            cluster.procs[victim].restart(&dir).await;
-            restarted = true;
-        }
+    while next <= count || !unacked.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(180), "publishing took too long");
+        at(cluster, started.elapsed()).await;
         if publisher.connects != connects_seen {
-            // A new connection: send again what was not acknowledged (DUP).
             connects_seen = publisher.connects;
             for (id, payload) in unacked.clone() {
-                publisher.send(&publish_packet("load/x", id, &payload, true)).await;
+                publisher.send(&publish_packet(topic, id, &payload, true)).await;
             }
         }
-        let due = started.elapsed() >= Duration::from_millis(5) * u32::from(next);
-        if next <= 3000 && unacked.len() < 20 && due {
+        let due = started.elapsed() >= every * u32::from(next);
+        if next <= count && unacked.len() < 20 && due {
             let payload = format!("p{next}");
-            publisher
-                .send(&publish_packet(&format!("load/{}", next % 5), next, &payload, false))
-                .await;
+            publisher.send(&publish_packet(topic, next, &payload, false)).await;
             unacked.insert(next, payload);
             next += 1;
         }
@@ -750,14 +751,16 @@ async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_proces
                 if reason == 0 {
                     acked.insert(payload);
                 } else {
-                    unacked.insert(id, payload); // refused for now: sent again later
+                    unacked.insert(id, payload);
                 }
             }
         }
     }
-    assert!(killed && restarted);
+    acked
+}
 
-    // Everything acknowledged reaches the subscriber (duplicates allowed for QoS 1).
+/// Waits until `received` holds every one of `acked`; panics naming what is missing.
+async fn wait_all_received(who: &str, received: &Received, acked: &std::collections::BTreeSet<String>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let missing: Vec<String> = {
@@ -765,27 +768,123 @@ async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_proces
             acked.iter().filter(|p| !received.contains_key(*p)).cloned().collect()
         };
         if missing.is_empty() {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} acknowledged messages never reached the subscriber, e.g. {:?}",
+            "{who}: {} of {} acknowledged messages never arrived, e.g. {:?}",
             missing.len(),
             acked.len(),
             &missing[..missing.len().min(10)]
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_processes_are_killed_and_restarted() {
+    let mut cluster = TestCluster::start(3).await;
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (reader, received, sub_port) = spawn_subscriber("load-subscriber", ports, "load/#", stop).await;
+    let victim = cluster.by_port(sub_port);
+    let started = Instant::now();
+    let (mut killed, mut restarted) = (false, false);
+    let acked = publish_resiliently(
+        &mut cluster,
+        "load/x",
+        3000,
+        Duration::from_millis(5),
+        async |cluster, t| {
+            if !killed && t > Duration::from_secs(2) {
+                cluster.procs[victim].kill();
+                killed = true;
+            }
+            if killed && !restarted && t > Duration::from_secs(9) {
+                let dir = cluster.dir.clone();
+                cluster.procs[victim].restart(&dir).await;
+                restarted = true;
+            }
+        },
+    )
+    .await;
+    assert!(killed && restarted);
+    wait_all_received("subscriber", &received, &acked).await;
     let _ = stop_tx.send(true);
     let sub_connects = reader.await.expect("reader");
     let received = received.lock().unwrap_or_else(|e| e.into_inner());
     let duplicates: usize = received.values().map(|n| n - 1).sum();
     eprintln!(
-        "acknowledged {}, received {} distinct, {duplicates} duplicates; subscriber connected {sub_connects} times, publisher {} times, in {:?}",
+        "acknowledged {}, received {} distinct, {duplicates} duplicates; subscriber connected {sub_connects} times, in {:?}",
         acked.len(),
         received.len(),
-        publisher.connects,
         started.elapsed()
     );
     assert!(sub_connects >= 2, "the subscriber had to move");
+}
+
+#[tokio::test]
+async fn scaling_3_to_4_to_2_processes_under_traffic_loses_nothing() {
+    let mut cluster = TestCluster::start(3).await;
+    let ports: Vec<u16> = cluster.procs.iter().map(|p| p.port).collect();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut subscribers = Vec::new();
+    for i in 0..12 {
+        subscribers.push(spawn_subscriber(&format!("scale-sub-{i}"), ports.clone(), "scale/#", stop.clone()).await);
+    }
+    let started = Instant::now();
+    let (mut grown, mut shrunk) = (false, false);
+    let mut moved_on_growth = 0.0;
+    let acked = publish_resiliently(
+        &mut cluster,
+        "scale/x",
+        2000,
+        Duration::from_millis(8),
+        async |cluster, t| {
+            if !grown && t > Duration::from_secs(3) {
+                cluster.add(false).await;
+                cluster.wait_members(4).await;
+                grown = true;
+            }
+            if grown && !shrunk && t > Duration::from_secs(9) {
+                for p in &cluster.procs {
+                    moved_on_growth += p.metric("mqtt_kafka_redirects_total{when=\"moved\"}").await;
+                }
+                cluster.procs[0].signal("TERM");
+                cluster.procs[1].signal("TERM");
+                for i in [0, 1] {
+                    let status = cluster.procs[i]
+                        .exited(Duration::from_secs(30))
+                        .await
+                        .expect("exits on SIGTERM");
+                    assert!(status.success(), "proxy-{i}: {status}");
+                }
+                shrunk = true;
+            }
+        },
+    )
+    .await;
+    assert!(grown && shrunk);
+    for (i, (_, received, _)) in subscribers.iter().enumerate() {
+        wait_all_received(&format!("scale-sub-{i}"), received, &acked).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut connects = 0;
+    for (task, _, _) in subscribers {
+        connects += task.await.expect("subscriber");
+    }
+    let handed_over: f64 = {
+        let mut total = 0.0;
+        for p in cluster.procs.iter().filter(|p| p.child.is_some()) {
+            total += p.metric("mqtt_kafka_connects_total{reason=\"success\"}").await;
+        }
+        total
+    };
+    eprintln!(
+        "3 -> 4 -> 2 processes: {} messages acknowledged, each received by 12 subscribers; {moved_on_growth} clients moved on growth; {connects} subscriber connections in all ({handed_over} connects on the survivors); {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+    assert!(moved_on_growth >= 1.0, "growth moved some clients to the new process");
+    assert!(connects > 12, "clients moved");
 }
