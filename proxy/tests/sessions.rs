@@ -321,3 +321,60 @@ async fn each_message_of_a_shared_subscription_goes_to_one_member_across_process
         "spread over the processes: {per_member:?}"
     );
 }
+
+#[tokio::test]
+async fn a_qos2_publish_retried_on_another_process_after_a_reconnect_is_stored_once() {
+    use support::{KafkaReader, RawPeer};
+    let procs = cluster(2).await;
+    // CONNECT v5, clean start 0, session expiry 60, client id "sess-q2".
+    let connect = |peer_id: &str| {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x00, 0, 30, 5, 0x11, 0, 0, 0, 60];
+        body.extend_from_slice(&u16::try_from(peer_id.len()).unwrap_or(0).to_be_bytes());
+        body.extend_from_slice(peer_id.as_bytes());
+        let mut packet = vec![0x10, u8::try_from(body.len()).unwrap_or(0)];
+        packet.extend(body);
+        packet
+    };
+    // PUBLISH QoS 2 (DUP when `dup`), topic q2/once, packet id 7, payload "once".
+    let publish = |dup: bool| {
+        let mut packet = vec![if dup { 0x3C } else { 0x34 }, 0];
+        packet.extend_from_slice(&[0, 7]);
+        packet.extend_from_slice(b"q2/once");
+        packet.extend_from_slice(&[0, 7, 0]);
+        packet.extend_from_slice(b"once");
+        packet[1] = u8::try_from(packet.len() - 2).unwrap_or(0);
+        packet
+    };
+    let mut first = RawPeer::connect(&procs[0]).await;
+    first.send(&connect("sess-q2")).await;
+    assert_eq!(first.read_packet().await.expect("CONNACK")[3], 0);
+    first.send(&publish(false)).await;
+    let pubrec = first.read_packet().await.expect("PUBREC");
+    assert_eq!((pubrec[0], pubrec[2], pubrec[3]), (0x50, 0, 7), "{pubrec:02x?}");
+    drop(first); // gone before PUBREL
+
+    let mut second = RawPeer::connect(&procs[1]).await;
+    second.send(&connect("sess-q2")).await;
+    let connack = second.read_packet().await.expect("CONNACK");
+    assert_eq!((connack[2], connack[3]), (1, 0), "session present: {connack:02x?}");
+    second.send(&publish(true)).await;
+    let pubrec = second.read_packet().await.expect("PUBREC");
+    assert_eq!((pubrec[0], pubrec[2], pubrec[3]), (0x50, 0, 7), "{pubrec:02x?}");
+    second.send(&[0x62, 2, 0, 7]).await; // PUBREL
+    let pubcomp = second.read_packet().await.expect("PUBCOMP");
+    assert_eq!(pubcomp[0], 0x70);
+
+    // Exactly one record in Kafka, whatever else arrives in the next seconds.
+    let reader = KafkaReader::new(procs[0].bootstrap(), &procs[0].config.topics.messages);
+    let mut copies = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(record) = tokio::time::timeout(Duration::from_millis(500), reader.next()).await {
+            use rdkafka::Message as _;
+            if record.payload() == Some(&b"once"[..]) {
+                copies += 1;
+            }
+        }
+    }
+    assert_eq!(copies, 1, "the QoS 2 message is stored exactly once");
+}
