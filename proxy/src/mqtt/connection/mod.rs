@@ -1,0 +1,541 @@
+//! One MQTT connection, from CONNECT to close: reads packets, publishes to Kafka through
+//! the hub, answers acknowledgements in order, delivers what the hub dispatches within the
+//! client's window, and enforces every limit with the reason code the spec names.
+//!
+//! This file holds CONNECT (redirect, session opened, CONNACK), the event loop and the
+//! end (session kept or deleted); `inbound` handles the client's packets and `outbound`
+//! the deliveries to it, including catch-ups from Kafka.
+
+mod inbound;
+mod outbound;
+
+use outbound::recv_replay;
+
+use std::collections::{HashMap, HashSet};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
+use futures::{SinkExt, StreamExt};
+use rmqtt_codec::error::DecodeError;
+use rmqtt_codec::v5::{
+    ConnectAckReason, Disconnect, DisconnectReasonCode, Packet, PublishAck, PublishAck2, PublishAck2Reason,
+    PublishAckReason, SubscribeAckReason, ToReasonCode, UserProperties,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+use crate::broker::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, SESSION_TAKEN_OVER};
+use crate::broker::message::{MessageProperties, now_ms};
+use crate::broker::session::{ConnectRequest, Departure, SessionState};
+use crate::cluster::ownership::{self, Placement};
+use crate::kafka::producer::PublishError;
+use crate::kafka::replay::{Replayed, Replayer};
+use crate::kafka::sessions::SessionStore;
+use crate::listener::Shared;
+use crate::mqtt::codec::{MqttCodec, Version};
+use crate::mqtt::connect::{self, Limits};
+use crate::mqtt::inflight::Inflight;
+use crate::mqtt::session;
+use crate::mqtt::topic_alias::{InboundAliases, OutboundAliases};
+
+type Transport<S> = Framed<S, MqttCodec>;
+type Qos0Delivery = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+/// Deliveries written before one flush.
+const DELIVERY_BATCH: usize = 256;
+type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
+
+/// Serves one accepted byte stream until it closes.
+pub async fn serve<S>(stream: S, shared: Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Shared {
+        hub,
+        sessions,
+        replayer,
+        instance,
+        limits,
+        connections,
+    } = shared;
+    let mut transport = Framed::new(stream, MqttCodec::new(limits.maximum_packet_size));
+    let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
+    let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
+        Ok(Some(Ok(Packet::Connect(connect)))) => connect,
+        Ok(Some(Ok(other))) => {
+            tracing::debug!(packet = ?other.packet_type(), "first packet is not CONNECT; closing");
+            return;
+        }
+        Ok(Some(Err(error))) => {
+            refuse_undecodable_connect(&mut transport, &error).await;
+            return;
+        }
+        Ok(None) | Err(_) => return,
+    };
+    let Some(version) = transport.codec().version() else {
+        return;
+    };
+    let counter = ConnectionSlot::take(&connections);
+    let refuse = async |transport: &mut Transport<S>, reason: ConnectAckReason| {
+        hub.metrics()
+            .connects
+            .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+            .inc();
+        let _ = transport
+            .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
+            .await;
+    };
+    let accepted = match connect::accept(&connect, version, &limits, counter.others(), assign_client_id) {
+        Ok(accepted) => accepted,
+        Err(reason) => return refuse(&mut transport, reason).await,
+    };
+    if let Some(max) = connect.max_packet_size {
+        transport.codec_mut().set_max_outbound(max.get());
+    }
+    if version == Version::V5
+        && let Some(reason) = limits.redirect
+    {
+        let partition = sessions.partition_of(&accepted.client_id);
+        let owners = sessions.owners(None);
+        if let Placement::Elsewhere(reference) =
+            ownership::place(partition, &owners, &instance, true, true, |i| sessions.reference_of(i))
+        {
+            hub.metrics().redirects.with_label_values(&["connect"]).inc();
+            let mut connack = connect::refusal(if reason == 0x9D {
+                ConnectAckReason::ServerMoved
+            } else {
+                ConnectAckReason::UseAnotherServer
+            });
+            connack.server_reference = Some(ByteString::from(reference));
+            let _ = transport.send(Packet::ConnectAck(Box::new(connack))).await;
+            return;
+        }
+    }
+    let expiry_secs = connect.session_expiry_interval_secs.min(limits.session_expiry_max);
+    let request = ConnectRequest {
+        client_id: accepted.client_id.clone(),
+        clean_start: connect.clean_start,
+        expiry_secs,
+        protocol: match version {
+            Version::V3 => 4,
+            Version::V5 => 5,
+        },
+        will: connect.last_will.as_ref().map(session::stored_will),
+        host: instance.to_string(),
+    };
+    let opened = match session::open(&hub, &sessions, request).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
+            return refuse(&mut transport, ConnectAckReason::ServerUnavailable).await;
+        }
+    };
+    let resume_from = if opened.session_present {
+        opened.state.positions.clone()
+    } else {
+        Positions::new()
+    };
+    // Registered (lagging from its positions) before its subscriptions exist, so every
+    // record is either caught up from Kafka or delivered live, none twice.
+    let registration = hub.register(&accepted.client_id, version == Version::V5, &resume_from);
+    for stored in &opened.state.subscriptions {
+        if let Some(subscription) = stored.to_subscription() {
+            hub.subscribe(registration.id, &accepted.client_id, &subscription);
+        }
+    }
+    let taken_over = sessions.watch(&accepted.client_id, opened.state.generation);
+    let window = connect
+        .receive_max
+        .map_or(u16::MAX, NonZeroU16::get)
+        .min(limits.max_inflight_outbound);
+    let mut connection = Connection {
+        id: registration.id,
+        client_id: accepted.client_id.clone(),
+        version,
+        hub: Arc::clone(&hub),
+        sessions: Arc::clone(&sessions),
+        replayer,
+        limits: Arc::clone(&limits),
+        inflight: Inflight::new(window, limits.outbound_queue),
+        origins: HashMap::new(),
+        out_aliases: OutboundAliases::new(connect.topic_alias_max),
+        in_aliases: InboundAliases::new(limits.topic_alias_maximum),
+        pending_acks: FuturesOrdered::new(),
+        pending_ids: HashSet::new(),
+        qos0_deliveries: FuturesUnordered::new(),
+        qos2_received: opened.state.qos2_pending.iter().copied().collect(),
+        session: opened.state,
+        saved_positions: resume_from,
+        catch_up_wanted: false,
+        replay: None,
+        expiry_on_disconnect: None,
+    };
+    let mut connack = connect::connack(&accepted, &limits);
+    connack.session_present = opened.session_present;
+    connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
+    hub.metrics().connects.with_label_values(&["success"]).inc();
+    if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
+        hub.unregister(registration.id, &accepted.client_id);
+        sessions.unwatch(&accepted.client_id, connection.session.generation);
+        session::close(
+            &hub,
+            &sessions,
+            &connection.session,
+            connection.saved_positions.clone(),
+            Departure::Abnormal,
+            None,
+        )
+        .await;
+        return;
+    }
+    hub.metrics().connections.inc();
+    tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
+    let ending = connection
+        .run(&mut transport, registration, taken_over, accepted.keep_alive)
+        .await;
+    hub.metrics().connections.dec();
+    let positions = hub.positions(connection.id);
+    hub.unregister(connection.id, &connection.client_id);
+    sessions.unwatch(&connection.client_id, connection.session.generation);
+    let departure = match &ending {
+        Ending::Normal => Departure::Normal,
+        _ => Departure::Abnormal,
+    };
+    if let Some(reason) = ending.reason() {
+        hub.metrics()
+            .disconnects
+            .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+            .inc();
+        if version == Version::V5 {
+            let mut disconnect = Disconnect::new(reason);
+            if let Ending::Kicked(kick) = &ending {
+                disconnect.server_reference = kick.server_reference.as_deref().map(ByteString::from);
+            }
+            let _ = transport.send(Packet::Disconnect(disconnect)).await;
+        }
+    }
+    if matches!(ending, Ending::TakenOver) {
+        // The session lives on with the newer connection; only a will without delay is
+        // this connection's to publish (§3.1.4).
+        if let Some(will) = connection.session.will.as_ref().filter(|w| w.delay_secs == 0) {
+            session::publish_will(&hub, will, &connection.client_id);
+        }
+    } else {
+        let mut state = connection.session.clone();
+        state.qos2_pending = connection.qos2_received.iter().copied().collect();
+        session::close(
+            &hub,
+            &sessions,
+            &state,
+            positions,
+            departure,
+            connection.expiry_on_disconnect,
+        )
+        .await;
+    }
+    let _ = transport.get_mut().shutdown().await;
+    drop(counter);
+}
+
+/// Answers a CONNECT that could not be decoded: with the reason code when the version is
+/// known, with 3.1.1's "unacceptable protocol version" when the protocol level is not.
+async fn refuse_undecodable_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    transport: &mut Transport<S>,
+    error: &DecodeError,
+) {
+    tracing::debug!(%error, "undecodable CONNECT");
+    let version = transport.codec().version();
+    match version {
+        Some(_) => {
+            let reason = match error {
+                DecodeError::InvalidClientId => ConnectAckReason::ClientIdentifierNotValid,
+                DecodeError::UnsupportedProtocolLevel => ConnectAckReason::UnsupportedProtocolVersion,
+                DecodeError::MaxSizeExceeded { .. } => ConnectAckReason::PacketTooLarge,
+                other if other.to_reason_code() == DisconnectReasonCode::ProtocolError => {
+                    ConnectAckReason::ProtocolError
+                }
+                _ => ConnectAckReason::MalformedPacket,
+            };
+            let _ = transport
+                .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
+                .await;
+        }
+        None if matches!(error, DecodeError::InvalidProtocol) => {
+            // MQTT 3.1.1 §3.1.2-2: CONNACK 0x01, then close.
+            let _ = transport.get_mut().write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        }
+        None => {}
+    }
+}
+
+fn assign_client_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_i64(now_ms());
+    format!("mqtt-kafka-{:016x}", hasher.finish())
+}
+
+/// Holds one place in the connection count while alive.
+struct ConnectionSlot(Arc<AtomicUsize>, usize);
+
+impl ConnectionSlot {
+    fn take(counter: &Arc<AtomicUsize>) -> Self {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(counter), before)
+    }
+    /// Connections that were live before this one.
+    fn others(&self) -> usize {
+        self.1
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How a connection ended.
+enum Ending {
+    /// DISCONNECT from the client (no will).
+    Normal,
+    /// Anything else; `Some(code)` is the DISCONNECT reason to send (5.0).
+    Abnormal(Option<DisconnectReasonCode>),
+    /// A newer connection of the same client id (on any process) took the session.
+    TakenOver,
+    /// The process closes it: the session moved to another process, or this one stops.
+    Kicked(Kick),
+}
+
+impl Ending {
+    /// The DISCONNECT reason code to send, if any.
+    fn reason(&self) -> Option<DisconnectReasonCode> {
+        match self {
+            Ending::Normal => None,
+            Ending::Abnormal(reason) => *reason,
+            Ending::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+            Ending::Kicked(kick) => Some(match kick.reason {
+                0x9C => DisconnectReasonCode::UseAnotherServer,
+                0x9D => DisconnectReasonCode::ServerMoved,
+                0x8B => DisconnectReasonCode::ServerShuttingDown,
+                _ => DisconnectReasonCode::UnspecifiedError,
+            }),
+        }
+    }
+}
+
+/// A catch-up under way: the messages topic it reads and what it has read.
+type Replay = (Arc<str>, mpsc::Receiver<Replayed>);
+
+/// How often the positions of a connected persistent session are stored, so that a
+/// process that dies costs at most this much redelivery.
+const SAVE_POSITIONS_EVERY: Duration = Duration::from_secs(5);
+
+struct Connection {
+    id: ConnId,
+    client_id: String,
+    version: Version,
+    hub: Arc<Hub>,
+    sessions: Arc<SessionStore>,
+    replayer: Arc<Replayer>,
+    limits: Arc<Limits>,
+    inflight: Inflight<Outgoing>,
+    /// Where the message behind each outbound packet id is in Kafka.
+    origins: HashMap<u16, Origin>,
+    out_aliases: OutboundAliases,
+    in_aliases: InboundAliases,
+    /// QoS 1/2 PUBLISHes waiting for Kafka, in arrival order (acks go out in that order).
+    pending_acks: FuturesOrdered<PendingAck>,
+    pending_ids: HashSet<u16>,
+    /// Kafka acknowledgements of QoS 0 PUBLISHes, only watched for errors.
+    qos0_deliveries: FuturesUnordered<Qos0Delivery>,
+    /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
+    qos2_received: HashSet<u16>,
+    /// The session as stored (subscriptions, will, expiry).
+    session: SessionState,
+    /// The positions last stored, to store them again only when they moved.
+    saved_positions: Positions,
+    /// The hub said this connection lags: catch up once the live queue is drained.
+    catch_up_wanted: bool,
+    replay: Option<Replay>,
+    /// A Session Expiry Interval the client's DISCONNECT set.
+    expiry_on_disconnect: Option<u32>,
+}
+
+/// What handling one packet asks of the loop.
+type Step = Result<(), Ending>;
+
+fn protocol_error() -> Ending {
+    Ending::Abnormal(Some(DisconnectReasonCode::ProtocolError))
+}
+
+impl Connection {
+    async fn run<S>(
+        &mut self,
+        transport: &mut Transport<S>,
+        registration: Registration,
+        mut taken_over: watch::Receiver<bool>,
+        keep_alive: u16,
+    ) -> Ending
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Registration {
+            mut deliveries,
+            mut kicked,
+            lagging,
+            ..
+        } = registration;
+        let mut save = tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY);
+        // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let far_future = Duration::from_secs(86_400 * 365);
+        let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
+        tokio::pin!(deadline);
+        loop {
+            if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
+                self.start_catch_up();
+            }
+            let live_open = self.replay.is_none() && self.inflight.has_room();
+            let replay_open = self.replay.is_some() && self.inflight.has_room();
+            let step = tokio::select! {
+                biased;
+                _ = kicked.changed() => Err(match kicked.borrow().clone() {
+                    Some(kick) if kick.reason != SESSION_TAKEN_OVER => Ending::Kicked(kick),
+                    _ => Ending::TakenOver,
+                }),
+                Ok(()) = taken_over.changed() => Err(Ending::TakenOver),
+                Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
+                    self.on_kafka_ack(transport, id, qos, result).await
+                }
+                packet = transport.next() => match packet {
+                    Some(Ok(packet)) => {
+                        if let Some(grace) = grace {
+                            deadline.as_mut().reset(Instant::now() + grace);
+                        }
+                        self.on_packet(transport, packet).await
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!(client_id = %self.client_id, %error, "undecodable packet");
+                        Err(Ending::Abnormal(Some(error.to_reason_code())))
+                    }
+                    None => Err(Ending::Abnormal(None)),
+                },
+                Some(outgoing) = deliveries.recv(), if live_open => {
+                    // Take what else is waiting too, so a burst is written with one flush
+                    // instead of one write per message.
+                    let mut step = self.deliver(transport, outgoing).await;
+                    let mut batch = 1;
+                    while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
+                        let Ok(next) = deliveries.try_recv() else { break };
+                        step = self.deliver(transport, next).await;
+                        batch += 1;
+                    }
+                    step
+                }
+                replayed = recv_replay(&mut self.replay), if replay_open => self.on_replayed(transport, replayed).await,
+                () = lagging.notified() => {
+                    self.catch_up_wanted = true;
+                    Ok(())
+                }
+                _ = save.tick() => {
+                    self.save_positions();
+                    Ok(())
+                }
+                Some(result) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => {
+                    if let Err(error) = result {
+                        tracing::warn!(client_id = %self.client_id, %error, "QoS 0 message not stored in Kafka");
+                    }
+                    Ok(())
+                }
+                _ = &mut deadline => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+            if let Err(ending) = flush(transport).await {
+                return ending;
+            }
+        }
+    }
+}
+
+/// The broker's form of the MQTT 5 properties a PUBLISH or a will carries.
+fn message_properties(
+    expiry: Option<NonZeroU32>,
+    content_type: Option<ByteString>,
+    payload_utf8: bool,
+    response_topic: Option<ByteString>,
+    correlation_data: Option<bytes::Bytes>,
+    user_properties: UserProperties,
+) -> MessageProperties {
+    MessageProperties {
+        expiry_secs: expiry.map(NonZeroU32::get),
+        content_type: content_type.map(|s| s.to_string()),
+        payload_utf8,
+        response_topic: response_topic.map(|s| s.to_string()),
+        correlation_data,
+        user_properties: user_properties
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+async fn flush<S: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<S>) -> Step {
+    transport.flush().await.map_err(|_| Ending::Abnormal(None))
+}
+
+/// Queues a packet for the client; written at the next flush.
+async fn feed<S: AsyncRead + AsyncWrite + Unpin>(transport: &mut Transport<S>, packet: Packet) -> Step {
+    transport.feed(packet).await.map_err(|_| Ending::Abnormal(None))
+}
+
+fn qos_label(qos: u8) -> &'static str {
+    match qos {
+        0 => "0",
+        1 => "1",
+        _ => "2",
+    }
+}
+
+fn granted_reason(qos: u8) -> SubscribeAckReason {
+    match qos {
+        0 => SubscribeAckReason::GrantedQos0,
+        1 => SubscribeAckReason::GrantedQos1,
+        _ => SubscribeAckReason::GrantedQos2,
+    }
+}
+
+fn ack(packet_id: NonZeroU16, reason_code: PublishAckReason) -> PublishAck {
+    PublishAck {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn ack2(packet_id: NonZeroU16, reason_code: PublishAck2Reason) -> PublishAck2 {
+    PublishAck2 {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+/// PUBACK for QoS 1, PUBREC for QoS 2.
+fn puback(qos: u8, id: NonZeroU16, reason: PublishAckReason) -> Packet {
+    if qos == 2 {
+        Packet::PublishReceived(ack(id, reason))
+    } else {
+        Packet::PublishAck(ack(id, reason))
+    }
+}

@@ -1,0 +1,241 @@
+//! Deliveries to the client: the in-flight window, PUBLISH encoding (topic aliases, the
+//! remaining expiry), completion of deliveries against the session's positions, and the
+//! catch-up from Kafka of a connection that lagged or resumed a session.
+
+use bytestring::ByteString;
+use rmqtt_codec::error::EncodeError;
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::PublishProperties;
+
+use super::*;
+use crate::broker::hub::CatchUp;
+use crate::mqtt::topic_alias::OutboundTopic;
+
+impl Connection {
+    /// Sends a delivery now if its QoS allows or the window has room, else queues it.
+    pub(super) async fn deliver<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        outgoing: Outgoing,
+    ) -> Step {
+        if outgoing.qos == 0 {
+            return self.send_publish(transport, outgoing, None).await;
+        }
+        match self.inflight.start(outgoing.qos) {
+            Some(id) => self.send_publish(transport, outgoing, Some(id)).await,
+            None => {
+                if self.inflight.enqueue(outgoing).is_err() {
+                    self.hub.metrics().dropped.with_label_values(&["queue_full"]).inc();
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn drain_queue<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+    ) -> Step {
+        while let Some(outgoing) = self.inflight.next_queued() {
+            self.deliver(transport, outgoing).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn send_publish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        outgoing: Outgoing,
+        packet_id: Option<NonZeroU16>,
+    ) -> Step {
+        let message = &outgoing.message;
+        if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
+            self.origins.insert(id.get(), origin.clone());
+        }
+        let remaining_expiry = message.remaining_expiry_secs(now_ms());
+        if remaining_expiry == Some(0) {
+            if let Some(id) = packet_id {
+                self.inflight.abandon(id);
+                self.completed(id);
+            }
+            self.hub.metrics().dropped.with_label_values(&["expired"]).inc();
+            return Ok(());
+        }
+        let (topic, properties) = match self.version {
+            Version::V3 => (ByteString::from(message.topic.as_str()), None),
+            Version::V5 => {
+                let (topic, alias) = match self.out_aliases.for_topic(&message.topic) {
+                    OutboundTopic::Plain => (ByteString::from(message.topic.as_str()), None),
+                    OutboundTopic::Assign(alias) => (ByteString::from(message.topic.as_str()), NonZeroU16::new(alias)),
+                    OutboundTopic::Reuse(alias) => (ByteString::new(), NonZeroU16::new(alias)),
+                };
+                let p = &message.properties;
+                let properties = PublishProperties {
+                    topic_alias: alias,
+                    correlation_data: p.correlation_data.clone(),
+                    message_expiry_interval: remaining_expiry.and_then(NonZeroU32::new),
+                    content_type: p.content_type.as_deref().map(ByteString::from),
+                    user_properties: p
+                        .user_properties
+                        .iter()
+                        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
+                        .collect(),
+                    is_utf8_payload: p.payload_utf8,
+                    response_topic: p.response_topic.as_deref().map(ByteString::from),
+                    subscription_ids: outgoing
+                        .identifiers
+                        .iter()
+                        .filter_map(|&id| NonZeroU32::new(id))
+                        .collect(),
+                };
+                (topic, Some(properties))
+            }
+        };
+        let publish = Publish {
+            dup: false,
+            retain: outgoing.retain,
+            qos: match outgoing.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            },
+            topic,
+            packet_id,
+            payload: message.payload.clone(),
+            properties,
+        };
+        match transport.feed(Packet::Publish(Box::new(publish))).await {
+            Ok(()) => {
+                self.hub.metrics().delivered.inc();
+                Ok(())
+            }
+            // Larger than the client's Maximum Packet Size: discarded (§3.1.2.25), not fatal.
+            Err(EncodeError::OverMaxPacketSize { .. }) => {
+                if let Some(id) = packet_id {
+                    self.inflight.abandon(id);
+                    self.completed(id);
+                }
+                self.out_aliases.forget(&message.topic);
+                self.hub.metrics().dropped.with_label_values(&["too_large"]).inc();
+                Ok(())
+            }
+            Err(_) => Err(Ending::Abnormal(None)),
+        }
+    }
+
+    /// The delivery with packet id `id` is done with: its record no longer holds the
+    /// session's position back.
+    pub(super) fn completed(&mut self, id: NonZeroU16) {
+        if let Some(origin) = self.origins.remove(&id.get()) {
+            self.hub.complete(self.id, &origin);
+        }
+    }
+
+    /// Stores the session (persistent sessions only: others end with the connection).
+    pub(super) async fn store_session(&mut self) {
+        if !self.session.is_persistent() {
+            return;
+        }
+        self.session.positions = self.hub.positions(self.id);
+        self.saved_positions = self.session.positions.clone();
+        if let Err(error) = self.sessions.store(&self.session).await {
+            tracing::warn!(client_id = %self.client_id, %error, "session not stored");
+        }
+    }
+
+    pub(super) async fn store_qos2_pending(&mut self) {
+        let mut pending: Vec<u16> = self.qos2_received.iter().copied().collect();
+        pending.sort_unstable();
+        if pending != self.session.qos2_pending {
+            self.session.qos2_pending = pending;
+            self.store_session().await;
+        }
+    }
+
+    /// Stores where delivery would resume, when it moved (persistent sessions), without
+    /// holding up the connection.
+    pub(super) fn save_positions(&mut self) {
+        if !self.session.is_persistent() {
+            return;
+        }
+        let positions = self.hub.positions(self.id);
+        if positions == self.saved_positions {
+            return;
+        }
+        self.saved_positions = positions.clone();
+        self.session.positions = positions;
+        let (sessions, state) = (Arc::clone(&self.sessions), self.session.clone());
+        tokio::spawn(async move {
+            if let Err(error) = sessions.store(&state).await {
+                tracing::debug!(client_id = %state.client_id, %error, "positions not stored");
+            }
+        });
+    }
+
+    /// Takes the lag off one topic and starts reading what was missed from Kafka.
+    pub(super) fn start_catch_up(&mut self) {
+        match self.hub.rejoin(self.id) {
+            Some(CatchUp { topic, from, to }) => {
+                tracing::debug!(client_id = %self.client_id, %topic, ?from, ?to, "catching up from Kafka");
+                let reader = self.replayer.replay(topic.clone(), from, to);
+                self.replay = Some((Arc::from(topic.as_str()), reader));
+            }
+            None => self.catch_up_wanted = false,
+        }
+    }
+
+    /// One record of the catch-up (or its end, `None`).
+    pub(super) async fn on_replayed<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        replayed: Option<Replayed>,
+    ) -> Step {
+        let Some(topic) = self.replay.as_ref().map(|(topic, _)| Arc::clone(topic)) else {
+            return Ok(());
+        };
+        let Some(Replayed {
+            partition,
+            offset,
+            message,
+        }) = replayed
+        else {
+            self.hub.replay_done(self.id, &topic);
+            self.replay = None;
+            return Ok(());
+        };
+        let matched = message.and_then(|m| {
+            let (qos, retain, identifiers) = self.hub.route_for(self.id, &topic, &m)?;
+            Some((m, qos, retain, identifiers))
+        });
+        let origin = Origin {
+            topic: Arc::clone(&topic),
+            partition,
+            offset,
+        };
+        let step = match matched {
+            // QoS 0 messages are not kept for a subscriber that was away or behind.
+            Some((message, qos, retain, identifiers)) if qos > 0 => {
+                self.hub.track(self.id, &origin);
+                let outgoing = Outgoing {
+                    message: Arc::new(message),
+                    origin: Some(origin),
+                    qos,
+                    retain,
+                    identifiers,
+                };
+                self.deliver(transport, outgoing).await
+            }
+            _ => Ok(()),
+        };
+        self.hub.replayed_to(self.id, &topic, partition, offset + 1);
+        step
+    }
+}
+
+/// The next record of the catch-up under way (pending forever when there is none).
+pub(super) async fn recv_replay(replay: &mut Option<Replay>) -> Option<Replayed> {
+    match replay {
+        Some((_, reader)) => reader.recv().await,
+        None => std::future::pending().await,
+    }
+}
