@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench
+.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench bench-sessions
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,3 +37,6 @@ crds: ## regenerate crds/ from the operator's types, and deploy/ from the Helm c
 
 bench: ## proxy vs Mosquitto on loopback: throughput and latency, with the ratio
 	@bash e2e/bench/run.sh
+
+bench-sessions: ## sessions: ownership move after SIGKILL / SIGTERM, reconnect storm, Kafka clients
+	@bash e2e/bench/sessions.sh
