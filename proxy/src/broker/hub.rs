@@ -410,6 +410,14 @@ impl Hub {
         positions
     }
 
+    /// Whether a record on MQTT topic `mqtt_topic` can match a subscription of connection
+    /// `id` on `kafka_topic` (before No Local, which needs the decoded record).
+    pub fn wants(&self, id: ConnId, kafka_topic: &str, mqtt_topic: &str) -> bool {
+        self.indexes
+            .get(kafka_topic)
+            .is_some_and(|index| read(index).route_subscriber(id, mqtt_topic, None).is_some())
+    }
+
     /// The delivery to connection `id` of a record its catch-up read, by its subscriptions
     /// (`None`: it does not match).
     pub fn route_for(&self, id: ConnId, kafka_topic: &str, message: &Message) -> Option<(u8, bool, Vec<u32>)> {

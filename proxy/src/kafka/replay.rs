@@ -70,11 +70,14 @@ impl Replayer {
     /// Reads `topic` from `from` up to (not including) `to` in each partition, in offset
     /// order per partition; the receiver ends when everything was read. Reading waits
     /// while the receiver holds [`READ_AHEAD`] records, so a slow subscriber costs no memory.
+    /// `wants` says by the record key (the MQTT topic) whether the subscriber may want a
+    /// record at all: the others are not decoded, only counted as progress.
     pub fn replay(
         self: &Arc<Self>,
         topic: String,
         from: BTreeMap<i32, i64>,
         to: BTreeMap<i32, i64>,
+        wants: Box<dyn Fn(&str) -> bool + Send + Sync>,
     ) -> mpsc::Receiver<Replayed> {
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let replayer = Arc::clone(self);
@@ -110,6 +113,7 @@ impl Replayer {
                 tracing::warn!(%topic, %error, "catch-up not assigned");
                 return;
             }
+            let mut skipped = 0u32;
             while !pending.is_empty() {
                 match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
                     Ok(Ok(record)) => {
@@ -119,17 +123,23 @@ impl Replayer {
                         };
                         if offset < end {
                             replayer.metrics.replayed.inc();
-                            let message = decode(&record).ok();
-                            if tx
-                                .send(Replayed {
+                            let wanted = record
+                                .key()
+                                .and_then(|k| std::str::from_utf8(k).ok())
+                                .is_some_and(|k| wants(k));
+                            // Unwanted records are progress only, said now and then so that
+                            // a stored position does not lag far behind.
+                            skipped = if wanted { 0 } else { skipped + 1 };
+                            if wanted || skipped % 256 == 0 {
+                                let message = if wanted { decode(&record).ok() } else { None };
+                                let replayed = Replayed {
                                     partition,
                                     offset,
                                     message,
-                                })
-                                .await
-                                .is_err()
-                            {
-                                break; // the subscriber went away
+                                };
+                                if tx.send(replayed).await.is_err() {
+                                    break; // the subscriber went away
+                                }
                             }
                         }
                         if offset + 1 >= end {

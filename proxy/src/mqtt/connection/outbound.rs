@@ -177,7 +177,9 @@ impl Connection {
         match self.hub.rejoin(self.id) {
             Some(CatchUp { topic, from, to }) => {
                 tracing::debug!(client_id = %self.client_id, %topic, ?from, ?to, "catching up from Kafka");
-                let reader = self.replayer.replay(topic.clone(), from, to);
+                let (hub, id, kafka_topic) = (Arc::clone(&self.hub), self.id, topic.clone());
+                let wants = Box::new(move |key: &str| hub.wants(id, &kafka_topic, key));
+                let reader = self.replayer.replay(topic.clone(), from, to, wants);
                 self.replay = Some((Arc::from(topic.as_str()), reader));
             }
             None => self.catch_up_wanted = false,
