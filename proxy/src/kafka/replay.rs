@@ -126,11 +126,11 @@ impl Replayer {
                             let wanted = record
                                 .key()
                                 .and_then(|k| std::str::from_utf8(k).ok())
-                                .is_some_and(|k| wants(k));
+                                .is_some_and(&wants);
                             // Unwanted records are progress only, said now and then so that
                             // a stored position does not lag far behind.
                             skipped = if wanted { 0 } else { skipped + 1 };
-                            if wanted || skipped % 256 == 0 {
+                            if wanted || skipped.is_multiple_of(256) {
                                 let message = if wanted { decode(&record).ok() } else { None };
                                 let replayed = Replayed {
                                     partition,
