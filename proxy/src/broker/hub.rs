@@ -87,7 +87,7 @@ struct Tracking {
     /// Topics on which live deliveries are skipped, with the positions to catch up from.
     lagging: HashMap<String, BTreeMap<i32, i64>>,
     /// Catch-ups under way: the next offset each will read.
-    replaying: HashMap<String, BTreeMap<i32, i64>>,
+    replaying: HashMap<String, Replaying>,
 }
 
 /// Whether this process delivers a record (`partition`, `offset`) to its members of a
@@ -101,6 +101,13 @@ pub struct Kick {
     pub reason: u8,
     /// Where the client should go (MQTT 5 Server Reference).
     pub server_reference: Option<String>,
+}
+
+/// A catch-up under way: the next offset it reads and where it ends, per partition.
+#[derive(Debug, Default)]
+struct Replaying {
+    next: BTreeMap<i32, i64>,
+    to: BTreeMap<i32, i64>,
 }
 
 struct Live {
@@ -315,7 +322,7 @@ impl Hub {
         if let Some(next) = tracking
             .replaying
             .get_mut(&*origin.topic)
-            .and_then(|r| r.get_mut(&origin.partition))
+            .and_then(|r| r.next.get_mut(&origin.partition))
         {
             *next = (*next).max(origin.offset + 1);
         }
@@ -329,7 +336,7 @@ impl Hub {
         if let Some(at) = locked(&connection.tracking)
             .replaying
             .get_mut(kafka_topic)
-            .and_then(|r| r.get_mut(&partition))
+            .and_then(|r| r.next.get_mut(&partition))
         {
             *at = (*at).max(next);
         }
@@ -356,8 +363,28 @@ impl Hub {
         let connection = live.get(&id)?;
         let mut tracking = locked(&connection.tracking);
         let from = tracking.lagging.remove(&topic)?;
-        tracking.replaying.insert(topic.clone(), from.clone());
+        tracking.replaying.insert(
+            topic.clone(),
+            Replaying {
+                next: from.clone(),
+                to: to.clone(),
+            },
+        );
         Some(CatchUp { topic, from, to })
+    }
+
+    /// What the catch-up of `kafka_topic` still has to read (`from`, `to`), if its reader
+    /// stopped early (the connection fell behind it); `None` when it is complete.
+    pub fn replay_remaining(&self, id: ConnId, kafka_topic: &str) -> Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
+        let live = read(&self.live);
+        let connection = live.get(&id)?;
+        let tracking = locked(&connection.tracking);
+        let replaying = tracking.replaying.get(kafka_topic)?;
+        let unfinished = replaying
+            .to
+            .iter()
+            .any(|(p, end)| replaying.next.get(p).is_some_and(|at| at < end));
+        unfinished.then(|| (replaying.next.clone(), replaying.to.clone()))
     }
 
     /// The catch-up of `kafka_topic` is over.
@@ -393,7 +420,7 @@ impl Hub {
             for (partition, at) in partitions.iter_mut() {
                 let behind = [
                     tracking.lagging.get(topic).and_then(|l| l.get(partition)),
-                    tracking.replaying.get(topic).and_then(|r| r.get(partition)),
+                    tracking.replaying.get(topic).and_then(|r| r.next.get(partition)),
                 ];
                 for offset in behind.into_iter().flatten() {
                     *at = (*at).min(*offset);

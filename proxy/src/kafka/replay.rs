@@ -1,10 +1,17 @@
-//! Catch-ups: reading a range of a messages topic again for one subscriber (a session that
-//! comes back, a subscriber that fell behind the fan-out). Consumers are assigned, never
-//! in a group (no consumer group per MQTT client), and come from a small pool, so the
-//! number of Kafka clients of a process does not grow with its clients: catch-ups beyond
-//! the pool's size wait for a consumer.
+//! Catch-ups: reading a range of a messages topic again for subscribers (sessions that come
+//! back, subscribers that fell behind the fan-out). Consumers are assigned, never in a group
+//! (no consumer group per MQTT client), and at most a few read at once per process, so the
+//! number of Kafka clients does not grow with the clients.
+//!
+//! Requests are served in *sweeps*: requests for the same topic that wait together (a
+//! reconnect storm) are read in one pass from the lowest start to the highest end, each
+//! record decoded once and handed to every request whose range holds it and whose
+//! subscriptions may want it. So 10 000 sessions coming back read the missed range a few
+//! times, not 10 000 times. A request whose subscriber does not keep up is let go (its
+//! receiver ends early) and asks again from where it got to.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,23 +29,72 @@ use crate::metrics::Metrics;
 pub struct Replayed {
     pub partition: i32,
     pub offset: i64,
-    /// `None` for a record that is not an MQTT message (skipped, but it is progress).
+    /// `None` for a record that is not for this subscriber or not an MQTT message: it only
+    /// says how far the catch-up got.
     pub message: Option<Message>,
 }
 
-/// The pool of catch-up consumers of one process.
+/// Whether a subscriber may want a record, by its key (the MQTT topic).
+pub type Wants = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// One subscriber's catch-up.
+struct Request {
+    from: BTreeMap<i32, i64>,
+    to: BTreeMap<i32, i64>,
+    wants: Wants,
+    tx: mpsc::Sender<Replayed>,
+    /// Set when the whole range was read (the receiver ending without it means: let go).
+    complete: Arc<AtomicBool>,
+    /// Records not for it since it was last told how far the sweep got.
+    skipped: u32,
+}
+
+/// A catch-up as its subscriber sees it.
+pub struct Catching {
+    pub records: mpsc::Receiver<Replayed>,
+    /// True once every record of the range was handed over: when `records` ends without
+    /// it, the reader let go early and the rest must be asked for again.
+    pub complete: Arc<AtomicBool>,
+}
+
+impl Request {
+    fn covers(&self, partition: i32, offset: i64) -> bool {
+        self.from.get(&partition).is_some_and(|f| *f <= offset) && self.to.get(&partition).is_some_and(|t| offset < *t)
+    }
+
+    /// Whether the range is read; marks it complete when it is.
+    fn finish_if_done(&self, positions: &BTreeMap<i32, i64>) -> bool {
+        let done = self.done(positions);
+        if done {
+            self.complete.store(true, Ordering::Release);
+        }
+        done
+    }
+
+    fn done(&self, positions: &BTreeMap<i32, i64>) -> bool {
+        self.to
+            .iter()
+            .all(|(p, end)| positions.get(p).is_some_and(|at| at >= end) || self.from.get(p).is_none_or(|f| f >= end))
+    }
+}
+
+/// The catch-up consumers of one process.
 pub struct Replayer {
     config: ClientConfig,
     idle: Mutex<Vec<StreamConsumer>>,
     permits: Arc<Semaphore>,
+    waiting: Mutex<HashMap<String, Vec<Request>>>,
     metrics: Arc<Metrics>,
 }
 
-/// Records a catch-up may read ahead of the subscriber.
-const READ_AHEAD: usize = 64;
+/// Records a catch-up may read ahead of its subscriber; a subscriber that lets more pile
+/// up is let go and asks again later.
+const READ_AHEAD: usize = 256;
+/// How long a sweep waits for more requests to come with the first.
+const GATHER: Duration = Duration::from_millis(50);
 
 impl Replayer {
-    /// At most `concurrency` catch-ups read at once.
+    /// At most `concurrency` sweeps read at once.
     pub fn new(
         bootstrap: &str,
         properties: &[(String, String)],
@@ -63,112 +119,156 @@ impl Replayer {
             config,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            waiting: Mutex::new(HashMap::new()),
             metrics,
         }
     }
 
     /// Reads `topic` from `from` up to (not including) `to` in each partition, in offset
-    /// order per partition; the receiver ends when everything was read. Reading waits
-    /// while the receiver holds [`READ_AHEAD`] records, so a slow subscriber costs no memory.
-    /// `wants` says by the record key (the MQTT topic) whether the subscriber may want a
-    /// record at all: the others are not decoded, only counted as progress.
+    /// order per partition, for a subscriber that `wants` records by key. The receiver
+    /// ends when the range was read, or earlier when the subscriber fell behind by more
+    /// than [`READ_AHEAD`] records (the last `Replayed` says how far it got).
     pub fn replay(
         self: &Arc<Self>,
         topic: String,
         from: BTreeMap<i32, i64>,
         to: BTreeMap<i32, i64>,
-        wants: Box<dyn Fn(&str) -> bool + Send + Sync>,
-    ) -> mpsc::Receiver<Replayed> {
-        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        wants: Wants,
+    ) -> Catching {
+        let (tx, records) = mpsc::channel(READ_AHEAD);
+        let complete = Arc::new(AtomicBool::new(false));
+        let request = Request {
+            from,
+            to,
+            wants,
+            tx,
+            complete: Arc::clone(&complete),
+            skipped: 0,
+        };
+        let catching = Catching { records, complete };
+        if request.done(&BTreeMap::new()) {
+            request.complete.store(true, Ordering::Release);
+            return catching; // nothing to read: the sender is dropped, the receiver ends
+        }
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(topic.clone())
+            .or_default()
+            .push(request);
         let replayer = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut pending: BTreeMap<i32, i64> = to
-                .iter()
-                .filter(|(p, end)| from.get(p).is_some_and(|start| start < *end))
-                .map(|(p, end)| (*p, *end))
-                .collect();
-            if pending.is_empty() {
-                return;
+        tokio::spawn(async move { replayer.sweep(topic).await });
+        catching
+    }
+
+    /// Takes every request of `topic` waiting at the time it gets a consumer and reads
+    /// their ranges in one pass. (A sweep that finds none waiting, because an earlier one
+    /// took them, ends at once.)
+    async fn sweep(self: Arc<Self>, topic: String) {
+        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return;
+        };
+        tokio::time::sleep(GATHER).await;
+        let mut requests = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&topic)
+            .unwrap_or_default();
+        if requests.is_empty() {
+            return;
+        }
+        let mut start: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut end: BTreeMap<i32, i64> = BTreeMap::new();
+        for r in &requests {
+            for (p, to) in &r.to {
+                let Some(from) = r.from.get(p).filter(|f| *f < to) else {
+                    continue;
+                };
+                start.entry(*p).and_modify(|s| *s = (*s).min(*from)).or_insert(*from);
+                end.entry(*p).and_modify(|e| *e = (*e).max(*to)).or_insert(*to);
             }
-            let Ok(_permit) = Arc::clone(&replayer.permits).acquire_owned().await else {
-                return;
-            };
-            let consumer = loop {
-                match replayer.consumer() {
-                    Ok(consumer) => break consumer,
-                    Err(error) => {
-                        tracing::warn!(%topic, %error, "catch-up consumer not created; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+        }
+        let consumer = loop {
+            match self.consumer() {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "catch-up consumer not created; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            };
-            let mut assignment = TopicPartitionList::new();
-            for partition in pending.keys() {
-                let start = from.get(partition).copied().unwrap_or_default();
-                if let Err(error) = assignment.add_partition_offset(&topic, *partition, Offset::Offset(start)) {
-                    tracing::warn!(%topic, partition, %error, "catch-up partition not assignable");
-                }
             }
-            if let Err(error) = consumer.assign(&assignment) {
-                tracing::warn!(%topic, %error, "catch-up not assigned");
-                return;
+        };
+        let mut assignment = TopicPartitionList::new();
+        for (partition, offset) in &start {
+            if let Err(error) = assignment.add_partition_offset(&topic, *partition, Offset::Offset(*offset)) {
+                tracing::warn!(%topic, partition, %error, "catch-up partition not assignable");
             }
-            let mut skipped = 0u32;
-            while !pending.is_empty() {
-                match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
-                    Ok(Ok(record)) => {
-                        let (partition, offset) = (record.partition(), record.offset());
-                        let Some(end) = pending.get(&partition).copied() else {
-                            continue;
+        }
+        if let Err(error) = consumer.assign(&assignment) {
+            tracing::warn!(%topic, %error, "catch-up not assigned");
+            return;
+        }
+        tracing::debug!(%topic, requests = requests.len(), ?start, ?end, "catch-up sweep");
+        let mut positions: BTreeMap<i32, i64> = start.clone();
+        while !requests.is_empty() {
+            match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
+                Ok(Ok(record)) => {
+                    let (partition, offset) = (record.partition(), record.offset());
+                    positions.insert(partition, offset + 1);
+                    self.metrics.replayed.inc();
+                    let key = record.key().and_then(|k| std::str::from_utf8(k).ok());
+                    let mut message: Option<Option<Message>> = None;
+                    requests.retain_mut(|r| {
+                        if !r.covers(partition, offset) {
+                            return !r.finish_if_done(&positions);
+                        }
+                        let wanted = key.is_some_and(|k| (r.wants)(k));
+                        r.skipped = if wanted { 0 } else { r.skipped + 1 };
+                        // Records not for it are progress only, said now and then so that
+                        // its stored position does not lag far behind.
+                        let sent = if wanted || r.skipped.is_multiple_of(256) {
+                            let m = if wanted {
+                                message.get_or_insert_with(|| decode(&record).ok()).clone()
+                            } else {
+                                None
+                            };
+                            r.tx.try_send(Replayed {
+                                partition,
+                                offset,
+                                message: m,
+                            })
+                            .map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
+                        } else {
+                            Ok(())
                         };
-                        if offset < end {
-                            replayer.metrics.replayed.inc();
-                            let wanted = record
-                                .key()
-                                .and_then(|k| std::str::from_utf8(k).ok())
-                                .is_some_and(&wants);
-                            // Unwanted records are progress only, said now and then so that
-                            // a stored position does not lag far behind.
-                            skipped = if wanted { 0 } else { skipped + 1 };
-                            if wanted || skipped.is_multiple_of(256) {
-                                let message = if wanted { decode(&record).ok() } else { None };
-                                let replayed = Replayed {
-                                    partition,
-                                    offset,
-                                    message,
-                                };
-                                if tx.send(replayed).await.is_err() {
-                                    break; // the subscriber went away
-                                }
-                            }
+                        match sent {
+                            // Behind, or gone: let it go; it asks again from where it got.
+                            Err(_) => false,
+                            Ok(()) => !r.finish_if_done(&positions),
                         }
-                        if offset + 1 >= end {
-                            pending.remove(&partition);
-                        }
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%topic, %error, "catch-up read error; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Err(_) => {
-                        // Nothing came: a partition whose records retention deleted up to
-                        // the end is done when the consumer's position says so.
-                        if let Ok(positions) = consumer.position() {
-                            for element in positions.elements_for_topic(&topic) {
-                                if let Offset::Offset(at) = element.offset()
-                                    && pending.get(&element.partition()).is_some_and(|end| at >= *end)
-                                {
-                                    pending.remove(&element.partition());
-                                }
+                    });
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%topic, %error, "catch-up read error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(_) => {
+                    // Nothing came: a partition whose records retention deleted up to the
+                    // end is done when the consumer's position says so.
+                    if let Ok(at) = consumer.position() {
+                        for element in at.elements_for_topic(&topic) {
+                            if let Offset::Offset(o) = element.offset() {
+                                let known = positions.entry(element.partition()).or_insert(o);
+                                *known = (*known).max(o);
                             }
                         }
                     }
+                    requests.retain(|r| !r.finish_if_done(&positions) && !r.tx.is_closed());
                 }
             }
-            let _ = consumer.unassign();
-            replayer.idle.lock().unwrap_or_else(|e| e.into_inner()).push(consumer);
-        });
-        rx
+        }
+        let _ = consumer.unassign();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(consumer);
     }
 
     fn consumer(&self) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
@@ -176,5 +276,31 @@ impl Replayer {
             return Ok(consumer);
         }
         self.config.create()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(from: &[(i32, i64)], to: &[(i32, i64)]) -> Request {
+        let (tx, _rx) = mpsc::channel(1);
+        Request {
+            from: from.iter().copied().collect(),
+            to: to.iter().copied().collect(),
+            wants: Box::new(|_| true),
+            tx,
+            complete: Arc::new(AtomicBool::new(false)),
+            skipped: 0,
+        }
+    }
+
+    #[test]
+    fn a_request_covers_its_range_and_is_done_past_its_end() {
+        let r = request(&[(0, 10), (1, 5)], &[(0, 20), (1, 5)]);
+        assert!(r.covers(0, 10) && r.covers(0, 19));
+        assert!(!r.covers(0, 9) && !r.covers(0, 20) && !r.covers(1, 5) && !r.covers(2, 0));
+        assert!(!r.done(&BTreeMap::from([(0, 19)])));
+        assert!(r.done(&BTreeMap::from([(0, 20)])), "partition 1 had nothing to read");
     }
 }

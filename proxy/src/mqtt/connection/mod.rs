@@ -27,7 +27,7 @@ use rmqtt_codec::v5::{
     PublishAckReason, SubscribeAckReason, ToReasonCode, UserProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
@@ -36,7 +36,7 @@ use crate::broker::message::{MessageProperties, now_ms};
 use crate::broker::session::{ConnectRequest, Departure, SessionState};
 use crate::cluster::ownership::{self, Placement};
 use crate::kafka::producer::PublishError;
-use crate::kafka::replay::{Replayed, Replayer};
+use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
 use crate::listener::Shared;
 use crate::mqtt::codec::{MqttCodec, Version};
@@ -331,7 +331,7 @@ impl Ending {
 }
 
 /// A catch-up under way: the messages topic it reads and what it has read.
-type Replay = (Arc<str>, mpsc::Receiver<Replayed>);
+type Replay = (Arc<str>, Catching);
 
 /// How often the positions of a connected persistent session are stored, so that a
 /// process that dies costs at most this much redelivery.

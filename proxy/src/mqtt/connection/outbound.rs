@@ -7,6 +7,8 @@ use rmqtt_codec::error::EncodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::broker::hub::CatchUp;
 use crate::mqtt::topic_alias::OutboundTopic;
@@ -177,13 +179,18 @@ impl Connection {
         match self.hub.rejoin(self.id) {
             Some(CatchUp { topic, from, to }) => {
                 tracing::debug!(client_id = %self.client_id, %topic, ?from, ?to, "catching up from Kafka");
-                let (hub, id, kafka_topic) = (Arc::clone(&self.hub), self.id, topic.clone());
-                let wants = Box::new(move |key: &str| hub.wants(id, &kafka_topic, key));
-                let reader = self.replayer.replay(topic.clone(), from, to, wants);
-                self.replay = Some((Arc::from(topic.as_str()), reader));
+                self.replay_range(&topic, from, to);
             }
             None => self.catch_up_wanted = false,
         }
+    }
+
+    /// Reads `[from, to)` of `topic` from Kafka for this connection.
+    pub(super) fn replay_range(&mut self, topic: &str, from: BTreeMap<i32, i64>, to: BTreeMap<i32, i64>) {
+        let (hub, id, kafka_topic) = (Arc::clone(&self.hub), self.id, topic.to_owned());
+        let wants = Box::new(move |key: &str| hub.wants(id, &kafka_topic, key));
+        let reader = self.replayer.replay(topic.to_owned(), from, to, wants);
+        self.replay = Some((Arc::from(topic), reader));
     }
 
     /// One record of the catch-up (or its end, `None`).
@@ -201,8 +208,19 @@ impl Connection {
             message,
         }) = replayed
         else {
-            self.hub.replay_done(self.id, &topic);
-            self.replay = None;
+            // The reader let go before the end (this connection fell behind it): ask again
+            // for the rest, still ahead of the live deliveries waiting meanwhile.
+            let complete = self
+                .replay
+                .as_ref()
+                .is_some_and(|(_, c)| c.complete.load(std::sync::atomic::Ordering::Acquire));
+            match self.hub.replay_remaining(self.id, &topic).filter(|_| !complete) {
+                Some((from, to)) => self.replay_range(&topic, from, to),
+                None => {
+                    self.hub.replay_done(self.id, &topic);
+                    self.replay = None;
+                }
+            }
             return Ok(());
         };
         let matched = message.and_then(|m| {
@@ -237,7 +255,7 @@ impl Connection {
 /// The next record of the catch-up under way (pending forever when there is none).
 pub(super) async fn recv_replay(replay: &mut Option<Replay>) -> Option<Replayed> {
     match replay {
-        Some((_, reader)) => reader.recv().await,
+        Some((_, catching)) => catching.records.recv().await,
         None => std::future::pending().await,
     }
 }
