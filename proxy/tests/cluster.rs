@@ -119,10 +119,16 @@ struct TestCluster {
     bootstrap: String,
     prefix: String,
     procs: Vec<Proc>,
+    redirect: bool,
 }
 
 impl TestCluster {
     async fn start(n: usize) -> Self {
+        Self::start_with(n, true).await
+    }
+
+    /// `n` processes; with `redirect` off every process serves every client.
+    async fn start_with(n: usize, redirect: bool) -> Self {
         let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
         let prefix = unique_name("c");
         let dir = mqtt_kafka_testenv::repo_root()
@@ -135,6 +141,7 @@ impl TestCluster {
             bootstrap,
             prefix,
             procs: Vec::new(),
+            redirect,
         };
         for i in 0..n {
             cluster.add(i == 0).await;
@@ -154,9 +161,10 @@ impl TestCluster {
              admin: {{address: '127.0.0.1:{admin}'}}\n\
              kafka: {{bootstrapServers: '{bootstrap}'}}\n\
              topics: {{messages: {p}-messages, retained: {p}-retained, sessions: {p}-sessions}}\n\
-             cluster: {{serverReference: '127.0.0.1:{port}', redirect: {{enabled: true}}}}\n",
+             cluster: {{serverReference: '127.0.0.1:{port}', redirect: {{enabled: {redirect}}}}}\n",
             bootstrap = self.bootstrap,
-            p = self.prefix
+            p = self.prefix,
+            redirect = self.redirect
         );
         let file = self.dir.join(format!("{instance}.yaml"));
         std::fs::write(&file, config).expect("config");
@@ -338,10 +346,14 @@ async fn connect_following(
 
 /// A v5 SUBSCRIBE of `filter` at QoS 1, packet id 1; waits for the SUBACK.
 async fn subscribe(peer: &mut RawPeer, filter: &str) {
+    subscribe_qos(peer, filter, 1).await;
+}
+
+async fn subscribe_qos(peer: &mut RawPeer, filter: &str, qos: u8) {
     let mut body = vec![0, 1, 0];
     body.extend_from_slice(&u16::try_from(filter.len()).unwrap_or(0).to_be_bytes());
     body.extend_from_slice(filter.as_bytes());
-    body.push(1);
+    body.push(qos);
     let mut packet = vec![0x82, u8::try_from(body.len()).expect("short")];
     packet.extend(body);
     peer.send(&packet).await;
@@ -887,4 +899,119 @@ async fn scaling_3_to_4_to_2_processes_under_traffic_loses_nothing() {
     );
     assert!(moved_on_growth >= 1.0, "growth moved some clients to the new process");
     assert!(connects > 12, "clients moved");
+}
+
+#[tokio::test]
+async fn qos2_end_to_end_delivers_each_message_once_while_the_subscribers_process_is_killed() {
+    let mut cluster = TestCluster::start_with(2, false).await;
+    let (p0, p1) = (cluster.procs[0].port, cluster.procs[1].port);
+    // The subscriber starts on process 1 and moves to process 0 when 1 is killed.
+    let mut subscriber = Resilient::new("qos2-subscriber", vec![p1, p0]);
+    subscriber.connect(Some(p1)).await;
+    if let Some(peer) = &mut subscriber.peer {
+        subscribe_qos(peer, "q2/#", 2).await;
+    }
+    let counted = Received::default();
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    let reader = {
+        let counted = std::sync::Arc::clone(&counted);
+        tokio::spawn(async move {
+            // Packet ids the client received and has not seen released: a PUBLISH with one
+            // of them is the same message again (MQTT 5 §4.3.3, receiver side).
+            let mut held = std::collections::HashSet::new();
+            loop {
+                if *stop.borrow_and_update() {
+                    return subscriber.connects;
+                }
+                let Read::Packet(packet) = subscriber.read(Duration::from_millis(200)).await else {
+                    continue;
+                };
+                match packet[0] & 0xF0 {
+                    0x30 => {
+                        let (_, payload, id) = parse_publish(&packet);
+                        let id = id.expect("QoS 2 has a packet id");
+                        if held.insert(id) {
+                            *counted
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(payload)
+                                .or_default() += 1;
+                        }
+                        subscriber.send(&[0x50, 2, id[0], id[1]]).await;
+                    }
+                    0x60 => {
+                        let id = [packet[2], packet[3]];
+                        held.remove(&id);
+                        subscriber.send(&[0x70, 2, id[0], id[1]]).await;
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    // A QoS 2 publisher on process 0 (never killed): PUBLISH, PUBREC, PUBREL, PUBCOMP.
+    let mut publisher = Resilient::new("qos2-publisher", vec![p0]);
+    publisher.connect(Some(p0)).await;
+    let total: u16 = 1500;
+    let started = Instant::now();
+    let (mut next, mut in_flight, mut completed) = (1u16, 0usize, 0u16);
+    let mut killed = false;
+    while completed < total {
+        assert!(started.elapsed() < Duration::from_secs(90), "publishing took too long");
+        if !killed && started.elapsed() > Duration::from_secs(2) {
+            cluster.procs[1].kill();
+            killed = true;
+        }
+        let due = started.elapsed() >= Duration::from_millis(4) * u32::from(next);
+        if next <= total && in_flight < 20 && due {
+            let mut packet = publish_packet(&format!("q2/{}", next % 3), next, &format!("q{next}"), false);
+            packet[0] = 0x34; // QoS 2
+            publisher.send(&packet).await;
+            next += 1;
+            in_flight += 1;
+        }
+        if let Read::Packet(packet) = publisher.read(Duration::from_millis(3)).await {
+            match packet[0] & 0xF0 {
+                0x50 => {
+                    assert_eq!(packet.get(4).copied().unwrap_or(0), 0, "PUBREC reason");
+                    publisher.send(&[0x62, 2, packet[2], packet[3]]).await;
+                }
+                0x70 => {
+                    completed += 1;
+                    in_flight -= 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(killed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (have, twice) = {
+            let counted = counted.lock().unwrap_or_else(|e| e.into_inner());
+            let twice: Vec<String> = counted
+                .iter()
+                .filter(|(_, n)| **n > 1)
+                .map(|(p, _)| p.clone())
+                .collect();
+            (counted.len(), twice)
+        };
+        assert!(twice.is_empty(), "delivered twice: {twice:?}");
+        if have == usize::from(total) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{have} of {total} QoS 2 messages delivered");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let connects = reader.await.expect("reader");
+    let counted = counted.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(counted.values().all(|n| *n == 1), "exactly once");
+    eprintln!(
+        "QoS 2: {total} published, {} delivered exactly once; subscriber connected {connects} times",
+        counted.len()
+    );
+    assert!(connects >= 2, "the subscriber had to move");
 }

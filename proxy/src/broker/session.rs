@@ -102,6 +102,22 @@ pub struct StoredOutbound {
     /// QoS 2: PUBREC came, so PUBREL is what is sent again.
     #[serde(default)]
     pub released: bool,
+    /// Acknowledged; kept until the session's position passes it, so that a catch-up
+    /// from an older position does not send it again.
+    #[serde(default)]
+    pub completed: bool,
+}
+
+/// Drops the completed outbound entries the positions have passed: a catch-up starts at
+/// the positions, so it never reads them again.
+pub fn prune_outbound(outbound: &mut Vec<StoredOutbound>, positions: &BTreeMap<String, BTreeMap<i32, i64>>) {
+    outbound.retain(|o| {
+        !o.completed
+            || positions
+                .get(&o.topic)
+                .and_then(|p| p.get(&o.partition))
+                .is_none_or(|at| o.offset >= *at)
+    });
 }
 
 /// The state of one session, as stored under its client id.
@@ -486,6 +502,7 @@ mod tests {
             offset: 2,
             qos: 2,
             released: true,
+            completed: false,
         });
         let bytes = state.encode();
         let text = String::from_utf8(bytes.clone()).expect("utf-8");
@@ -501,6 +518,23 @@ mod tests {
             Err(DecodeError::Version(2))
         ));
         assert!(SessionState::decode(b"{").is_err());
+    }
+
+    #[test]
+    fn completed_outbound_entries_go_once_the_position_passed_them() {
+        let entry = |offset, completed| StoredOutbound {
+            packet_id: 1,
+            topic: "m".into(),
+            partition: 0,
+            offset,
+            qos: 2,
+            released: false,
+            completed,
+        };
+        let mut outbound = vec![entry(5, true), entry(9, true), entry(7, false)];
+        let positions = BTreeMap::from([("m".to_owned(), BTreeMap::from([(0, 7)]))]);
+        prune_outbound(&mut outbound, &positions);
+        assert_eq!(outbound, vec![entry(9, true), entry(7, false)]);
     }
 
     #[test]

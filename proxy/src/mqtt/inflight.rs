@@ -70,6 +70,12 @@ impl<T> Inflight<T> {
         }
     }
 
+    /// Takes packet id `id` at `stage` for a delivery a resumed session had in flight
+    /// (sent again with that id), whether or not the window has room.
+    pub fn restore(&mut self, id: NonZeroU16, stage: Stage) {
+        self.in_flight.insert(id.get(), stage);
+    }
+
     /// Gives a packet id back without an acknowledgement (the PUBLISH could not be sent).
     pub fn abandon(&mut self, id: NonZeroU16) {
         self.in_flight.remove(&id.get());

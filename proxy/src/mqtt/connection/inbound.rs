@@ -35,7 +35,10 @@ impl Connection {
                     return self.drain_queue(transport).await;
                 }
                 let reason = match self.inflight.on_pubrec(ack.packet_id) {
-                    AckOutcome::SendRelease => PublishAck2Reason::Success,
+                    AckOutcome::SendRelease => {
+                        self.released(ack.packet_id).await;
+                        PublishAck2Reason::Success
+                    }
                     _ => PublishAck2Reason::PacketIdNotFound,
                 };
                 feed(transport, Packet::PublishRelease(ack2(ack.packet_id, reason))).await

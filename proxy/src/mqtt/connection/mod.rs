@@ -33,7 +33,7 @@ use tokio_util::codec::Framed;
 
 use crate::broker::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, SESSION_TAKEN_OVER};
 use crate::broker::message::{MessageProperties, now_ms};
-use crate::broker::session::{ConnectRequest, Departure, SessionState};
+use crate::broker::session::{ConnectRequest, Departure, SessionState, prune_outbound};
 use crate::cluster::ownership::{self, Placement};
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
@@ -175,6 +175,8 @@ where
         catch_up_wanted: false,
         replay: None,
         expiry_on_disconnect: None,
+        resend: HashMap::new(),
+        skip: HashSet::new(),
     };
     let mut connack = connect::connack(&accepted, &limits);
     connack.session_present = opened.session_present;
@@ -196,6 +198,10 @@ where
     }
     hub.metrics().connections.inc();
     tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
+    if opened.session_present {
+        // A write error here ends the connection in `run` at its first read.
+        let _ = connection.resume_outbound(&mut transport).await;
+    }
     let ending = connection
         .run(&mut transport, registration, taken_over, accepted.keep_alive)
         .await;
@@ -229,6 +235,7 @@ where
     } else {
         let mut state = connection.session.clone();
         state.qos2_pending = connection.qos2_received.iter().copied().collect();
+        prune_outbound(&mut state.outbound, &positions);
         session::close(
             &hub,
             &sessions,
@@ -366,6 +373,11 @@ struct Connection {
     replay: Option<Replay>,
     /// A Session Expiry Interval the client's DISCONNECT set.
     expiry_on_disconnect: Option<u32>,
+    /// Records a resumed session had in flight, to send again with their packet id (DUP)
+    /// when the catch-up reads them.
+    resend: HashMap<Origin, (NonZeroU16, u8)>,
+    /// Records a resumed session had delivered (or released) already: the catch-up skips them.
+    skip: HashSet<Origin>,
 }
 
 /// What handling one packet asks of the loop.

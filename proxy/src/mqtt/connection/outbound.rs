@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::broker::hub::CatchUp;
+use crate::broker::session::{StoredOutbound, prune_outbound};
+use crate::mqtt::inflight::Stage;
 use crate::mqtt::topic_alias::OutboundTopic;
 
 impl Connection {
@@ -21,10 +23,10 @@ impl Connection {
         outgoing: Outgoing,
     ) -> Step {
         if outgoing.qos == 0 {
-            return self.send_publish(transport, outgoing, None).await;
+            return self.send_publish(transport, outgoing, None, false).await;
         }
         match self.inflight.start(outgoing.qos) {
-            Some(id) => self.send_publish(transport, outgoing, Some(id)).await,
+            Some(id) => self.send_publish(transport, outgoing, Some(id), false).await,
             None => {
                 if self.inflight.enqueue(outgoing).is_err() {
                     self.hub.metrics().dropped.with_label_values(&["queue_full"]).inc();
@@ -49,10 +51,28 @@ impl Connection {
         transport: &mut Transport<S>,
         outgoing: Outgoing,
         packet_id: Option<NonZeroU16>,
+        dup: bool,
     ) -> Step {
         let message = &outgoing.message;
         if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
             self.origins.insert(id.get(), origin.clone());
+            if !dup {
+                self.session.outbound.push(StoredOutbound {
+                    packet_id: id.get(),
+                    topic: origin.topic.to_string(),
+                    partition: origin.partition,
+                    offset: origin.offset,
+                    qos: outgoing.qos,
+                    released: false,
+                    completed: false,
+                });
+                if outgoing.qos == 2 {
+                    // Which record this packet id carries is stored before the client can
+                    // see it: a resumed session sends it again with the same id, which the
+                    // client recognises (exactly once), never as a new message.
+                    self.store_session().await;
+                }
+            }
         }
         let remaining_expiry = message.remaining_expiry_secs(now_ms());
         if remaining_expiry == Some(0) {
@@ -94,7 +114,7 @@ impl Connection {
             }
         };
         let publish = Publish {
-            dup: false,
+            dup,
             retain: outgoing.retain,
             qos: match outgoing.qos {
                 0 => QoS::AtMostOnce,
@@ -130,7 +150,66 @@ impl Connection {
     pub(super) fn completed(&mut self, id: NonZeroU16) {
         if let Some(origin) = self.origins.remove(&id.get()) {
             self.hub.complete(self.id, &origin);
+            if let Some(entry) = self.outbound_entry(id, &origin) {
+                entry.completed = true;
+            }
         }
+    }
+
+    fn outbound_entry(&mut self, id: NonZeroU16, origin: &Origin) -> Option<&mut StoredOutbound> {
+        self.session.outbound.iter_mut().find(|o| {
+            o.packet_id == id.get()
+                && !o.completed
+                && o.partition == origin.partition
+                && o.offset == origin.offset
+                && *o.topic == *origin.topic
+        })
+    }
+
+    /// QoS 2: PUBREC came for `id`; stored before PUBREL goes out, so that a resumed
+    /// session sends PUBREL again, not the message.
+    pub(super) async fn released(&mut self, id: NonZeroU16) {
+        let Some(origin) = self.origins.get(&id.get()).cloned() else {
+            return;
+        };
+        if let Some(entry) = self.outbound_entry(id, &origin) {
+            entry.released = true;
+            self.store_session().await;
+        }
+    }
+
+    /// A resumed session's deliveries that were in flight: PUBREL again for those the
+    /// client acknowledged with PUBREC; the others are sent again (DUP, same packet id)
+    /// when the catch-up reads their records; completed ones are skipped.
+    pub(super) async fn resume_outbound<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+    ) -> Step {
+        for entry in self.session.outbound.clone() {
+            let origin = Origin {
+                topic: Arc::from(entry.topic.as_str()),
+                partition: entry.partition,
+                offset: entry.offset,
+            };
+            let Some(id) = NonZeroU16::new(entry.packet_id) else {
+                continue;
+            };
+            if entry.completed {
+                self.skip.insert(origin);
+                continue;
+            }
+            self.origins.insert(id.get(), origin.clone());
+            self.hub.track(self.id, &origin);
+            if entry.released {
+                self.inflight.restore(id, Stage::Released);
+                self.skip.insert(origin);
+                feed(transport, Packet::PublishRelease(ack2(id, PublishAck2Reason::Success))).await?;
+            } else {
+                self.inflight.restore(id, Stage::Published { qos: entry.qos });
+                self.resend.insert(origin, (id, entry.qos));
+            }
+        }
+        flush(transport).await
     }
 
     /// Stores the session (persistent sessions only: others end with the connection).
@@ -140,6 +219,7 @@ impl Connection {
         }
         self.session.positions = self.hub.positions(self.id);
         self.saved_positions = self.session.positions.clone();
+        prune_outbound(&mut self.session.outbound, &self.session.positions);
         if let Err(error) = self.sessions.store(&self.session).await {
             tracing::warn!(client_id = %self.client_id, %error, "session not stored");
         }
@@ -166,6 +246,7 @@ impl Connection {
         }
         self.saved_positions = positions.clone();
         self.session.positions = positions;
+        prune_outbound(&mut self.session.outbound, &self.session.positions);
         let (sessions, state) = (Arc::clone(&self.sessions), self.session.clone());
         tokio::spawn(async move {
             if let Err(error) = sessions.store(&state).await {
@@ -232,6 +313,27 @@ impl Connection {
             partition,
             offset,
         };
+        if self.skip.remove(&origin) {
+            self.hub.replayed_to(self.id, &topic, partition, offset + 1);
+            return Ok(());
+        }
+        if let Some((id, qos)) = self.resend.remove(&origin) {
+            self.hub.replayed_to(self.id, &topic, partition, offset + 1);
+            let Some((message, _, retain, identifiers)) = matched else {
+                // No longer matches (unsubscribed meanwhile): nothing to send again.
+                self.inflight.abandon(id);
+                self.completed(id);
+                return Ok(());
+            };
+            let outgoing = Outgoing {
+                message: Arc::new(message),
+                origin: Some(origin),
+                qos,
+                retain,
+                identifiers,
+            };
+            return self.send_publish(transport, outgoing, Some(id), true).await;
+        }
         let step = match matched {
             // QoS 0 messages are not kept for a subscriber that was away or behind.
             Some((message, qos, retain, identifiers)) if qos > 0 => {
