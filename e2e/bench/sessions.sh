@@ -34,7 +34,7 @@ listeners: [{name: mqtt, protocol: tcp, address: "127.0.0.1:$port"}]
 admin: {address: "127.0.0.1:$((19100 + i))"}
 kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP"}
 topics: {messages: $run_id-messages, retained: $run_id-retained, sessions: $run_id-sessions}
-mqtt: {maxConnections: 100000}
+mqtt: {maxConnections: 100000, receiveMaximum: 1000}
 cluster: {serverReference: "127.0.0.1:$port", redirect: {enabled: $redirect}}
 YAML
   "$BIN" --config "$dir/proxy-$i.yaml" --create-topics --partitions 6 > "$dir/proxy-$i.log" 2>&1 &
