@@ -13,6 +13,8 @@ SESSIONS="${1:-1000}"
 MESSAGES="${2:-100}"
 STATE="${MQTT_KAFKA_STATE:-.local}"
 TARGET="${CARGO_TARGET_DIR:-target}"
+# Thousands of connections on both ends.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 bash e2e/env/up.sh >/dev/null
 set -a; source "$STATE/env"; set +a
 echo "[bench] building release binaries"

@@ -111,6 +111,8 @@ impl Replayer {
             // A position that retention deleted reads from what is left.
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
+            // A sweep reads ahead little: its members take records at their clients' pace.
+            .set("queued.max.messages.kbytes", "8192")
             .set("enable.partition.eof", "false");
         for (key, value) in properties {
             config.set(key, value);
