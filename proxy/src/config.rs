@@ -829,6 +829,23 @@ impl Config {
         if let Some(jwt) = &self.guards.jwt {
             validate_jwt(jwt, v);
         }
+        self.refuse_unenforced_guards(v);
+    }
+
+    /// Guards are read and checked but not yet enforced: a proxy started with one would let
+    /// every client publish and subscribe anywhere while its operator believes devices
+    /// confined. So a config that names one is refused until they are enforced.
+    fn refuse_unenforced_guards(&self, v: &mut Validator) {
+        const NOT_ENFORCED: &str = "guards are not enforced by this version of mqtt-kafka-proxy: every client \
+             could still publish and subscribe anywhere; remove it until a version that enforces them";
+        if self.guards.jwt.is_some() {
+            v.err("guards.jwt", NOT_ENFORCED);
+        }
+        for (r, route) in self.routes.iter().enumerate() {
+            if !route.guarded.is_empty() {
+                v.err(format!("routes[{r}].guarded"), NOT_ENFORCED);
+            }
+        }
     }
 
     fn validate_listeners(&self, v: &mut Validator) {
@@ -1392,14 +1409,14 @@ mod tests {
         assert_eq!(config.listeners[1].protocol, ListenerProtocol::Tls);
         assert_eq!(config.listeners[2].websocket_path(), "/mqtt");
         assert_eq!(config.publish.qos_max, Qos::ExactlyOnce);
-        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes.len(), 1);
         assert_eq!(
             config.routes[0].with,
             Some(RouteWith {
                 messages: "mqtt-sensors".to_owned()
             })
         );
-        assert!(config.guards.jwt.is_some());
+        assert!(config.guards.jwt.is_none(), "guards stay commented out until enforced");
         assert!(config.cluster.redirect.enabled);
         assert_eq!(
             config.server_reference("proxy-2").as_deref(),
@@ -1573,6 +1590,11 @@ mod tests {
     }
 
     fails! {
+        a_guard_is_refused_until_guards_are_enforced: with("guards: {jwt: {jwksFile: /k}}\n")
+            => "guards.jwt", "not enforced by this version";
+        a_guarded_route_is_refused_until_guards_are_enforced: with(
+            "guards: {jwt: {jwksFile: /k}}\nroutes: [{when: [{publish: [{topic: a}]}], guarded: {jwt: [device]}}]\n"
+        ) => "routes[0].guarded", "every client could still publish and subscribe anywhere";
         unknown_top_level_key: with("bogus: 1\n") => "bogus", "unknown field `bogus`";
         unknown_nested_key: with("mqtt:\n  bogus: 1\n") => "mqtt.bogus", "unknown field `bogus`";
         unknown_key_in_list_element: with("listeners:\n  - {name: a, address: \"0.0.0.0:1\", port: 1}\n")

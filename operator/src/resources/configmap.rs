@@ -294,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn authorization_is_mapped_but_refused_until_the_proxy_enforces_it() {
+        let proxy = proxy(json!({
+            "kafka": {"bootstrapServers": "k:9093"},
+            "routes": [{"when": [{"publish": [{"topic": "sensors/#"}]}], "guarded": {"jwt": ["device"]}}],
+            "authorization": {"jwt": {"issuer": "https://auth", "jwksSecret": {"name": "jwks", "key": "keys.json"}}}
+        }));
+        let config = proxy_config(&proxy);
+        let jwt = config.guards.jwt.as_ref().expect("jwt guard");
+        assert_eq!(jwt.jwks_file.as_deref(), Some("/etc/mqtt-kafka/jwks/jwks.json"));
+        assert_eq!(jwt.roles_claim, "roles");
+        let refused = render(&proxy).err().unwrap_or_default();
+        let paths: Vec<&str> = refused.iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(paths, ["spec.authorization.jwt", "spec.routes[0].guarded"], "{refused:?}");
+        assert!(refused.iter().all(|v| v.message.contains("not enforced")), "{refused:?}");
+    }
+
+    #[test]
     fn every_spec_section_reaches_the_config() {
         let proxy = proxy(json!({
             "kafka": {
@@ -312,8 +329,7 @@ mod tests {
             "clients": ["place/{identity}/#"],
             "publish": {"qosMax": 1},
             "mqtt": {"versions": ["5.0"], "receiveMaximum": 10},
-            "routes": [{"when": [{"publish": [{"topic": "sensors/#"}]}], "with": {"messages": "sensors"}, "guarded": {"jwt": ["device"]}}],
-            "authorization": {"jwt": {"issuer": "https://auth", "jwksSecret": {"name": "jwks", "key": "keys.json"}}}
+            "routes": [{"when": [{"publish": [{"topic": "sensors/#"}]}], "with": {"messages": "sensors"}}]
         }));
         let config = render(&proxy).expect("valid").config;
         assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
@@ -348,9 +364,6 @@ mod tests {
         assert_eq!(config.mqtt.versions, [MqttVersion::V5]);
         assert_eq!(config.mqtt.receive_maximum, 10);
         assert_eq!(config.routes.len(), 1);
-        let jwt = config.guards.jwt.as_ref().expect("jwt guard");
-        assert_eq!(jwt.jwks_file.as_deref(), Some("/etc/mqtt-kafka/jwks/jwks.json"));
-        assert_eq!(jwt.roles_claim, "roles");
         assert_eq!(
             config.server_reference("mqtt-1").as_deref(),
             Some("mqtt-1.example.com:1883")
