@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 use crate::broker::message::now_ms;
 use crate::broker::session::SessionState;
@@ -64,6 +64,15 @@ pub struct SessionStore {
     /// Per share, the live processes with members of it (sorted); refreshed with every
     /// heartbeat, read for every record of a share.
     share_servers: RwLock<HashMap<String, Vec<String>>>,
+    /// CONNECTs waiting for the end of a partition (see `end_of`).
+    end_waiters: Mutex<HashMap<i32, EndWaiters>>,
+}
+
+/// The CONNECTs waiting for one partition's end, and whether a request is under way.
+#[derive(Default)]
+struct EndWaiters {
+    waiters: Vec<oneshot::Sender<Result<i64, String>>>,
+    asking: bool,
 }
 
 impl SessionStore {
@@ -81,6 +90,7 @@ impl SessionStore {
             skipped: Mutex::new(0),
             membership: Mutex::new(Membership::default()),
             share_servers: RwLock::new(HashMap::new()),
+            end_waiters: Mutex::new(HashMap::new()),
         }
     }
 
@@ -344,10 +354,54 @@ impl SessionStore {
 
     /// Reads the topic's end for `client_id`'s partition and waits until the view holds it,
     /// so that a CONNECT sees what any process wrote before it.
-    pub async fn catch_up(&self, client_id: &str) -> Result<(), SessionError> {
+    pub async fn catch_up(self: &Arc<Self>, client_id: &str) -> Result<(), SessionError> {
         let partition = self.partition_of(client_id);
-        let end = self.publisher.high_watermark(&self.topic, partition).await?;
+        let end = self.end_of(partition).await?;
         self.wait_read(partition, end, Duration::from_secs(5)).await
+    }
+
+    /// The end of `partition`, asked of Kafka after this call began. CONNECTs that wait at
+    /// the same time share one request (a reconnect storm would otherwise send one per
+    /// client): each request answers everyone who was waiting when it started.
+    async fn end_of(self: &Arc<Self>, partition: i32) -> Result<i64, SessionError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut waiting = locked(&self.end_waiters);
+            let entry = waiting.entry(partition).or_default();
+            entry.waiters.push(tx);
+            !std::mem::replace(&mut entry.asking, true)
+        };
+        if start {
+            let store = Arc::clone(self);
+            tokio::spawn(async move {
+                loop {
+                    let waiters = {
+                        let mut waiting = locked(&store.end_waiters);
+                        let entry = waiting.entry(partition).or_default();
+                        if entry.waiters.is_empty() {
+                            entry.asking = false;
+                            return;
+                        }
+                        std::mem::take(&mut entry.waiters)
+                    };
+                    let end = store
+                        .publisher
+                        .high_watermark(&store.topic, partition)
+                        .await
+                        .map_err(|e| e.to_string());
+                    for waiter in waiters {
+                        let _ = waiter.send(end.clone());
+                    }
+                }
+            });
+        }
+        match rx.await {
+            Ok(Ok(end)) => Ok(end),
+            _ => Err(SessionError::NotCaughtUp {
+                topic: self.topic.clone(),
+                waited: Duration::from_secs(5),
+            }),
+        }
     }
 
     /// Stores `state` and waits for Kafka's acknowledgement; the view has it at once.

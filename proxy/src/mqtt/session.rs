@@ -86,7 +86,7 @@ pub struct Opened {
 /// CONNECT: reads what any process stored for the client, resumes or replaces it, and
 /// stores the result (a newer generation: a connection of the same client id anywhere
 /// else ends when its process reads it).
-pub async fn open(hub: &Arc<Hub>, store: &SessionStore, request: ConnectRequest) -> Result<Opened, SessionError> {
+pub async fn open(hub: &Arc<Hub>, store: &Arc<SessionStore>, request: ConnectRequest) -> Result<Opened, SessionError> {
     store.catch_up(&request.client_id).await?;
     let client_id = request.client_id.clone();
     let mut outcome = session::connect(store.get(&client_id).as_ref(), request, now_ms());
