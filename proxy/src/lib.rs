@@ -2,13 +2,16 @@
 //! sessions live in Kafka. See `shared/DESIGN.md` for the contract it implements.
 //!
 //! Data flows one way: `listener` accepts byte streams, `mqtt` turns them into packets and
-//! runs each connection, `broker` decides (subscriptions, routes, retained view), `kafka`
-//! stores and reads. `admin` serves health and metrics.
+//! runs each connection, `broker` decides (subscriptions, routes, retained view, session
+//! state), `kafka` stores and reads. `hub` sits above both: it ties the broker's decisions
+//! to the live connections and to Kafka. `cluster` decides ownership and redirects, `node`
+//! runs those decisions; `admin` serves health and metrics.
 
 pub mod admin;
 pub mod broker;
 pub mod cluster;
 pub mod config;
+pub mod hub;
 pub mod kafka;
 pub mod listener;
 pub mod metrics;

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::broker::hub::{Hub, Kick};
 use crate::cluster::membership::{DEAD_AFTER, HEARTBEAT_EVERY};
 use crate::cluster::ownership::{self, Placement};
+use crate::hub::{Hub, Kick};
 use crate::kafka::sessions::SessionStore;
 use crate::mqtt::connect::Limits;
 use crate::mqtt::session;

@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, KAFKA_SETUP, Readiness};
-use crate::broker::hub::Hub;
 use crate::broker::identity::{IdentityPatterns, PatternError};
 use crate::broker::routes::{Condition, Route, RouteError, RouteTable};
 use crate::config::{Config, ConfigError, ListenerProtocol, RouteCondition};
+use crate::hub::Hub;
 use crate::kafka::admin::{self as kafka_admin, AdminError};
 use crate::kafka::consumer::{self, ReaderError, RecordSink, Supervision};
 use crate::kafka::health::Policy;
@@ -59,9 +59,11 @@ pub enum ServerError {
     },
 }
 
-/// Deliveries that may wait for one connection before the fan-out drops (and counts)
-/// more: enough to absorb bursts, bounded so one stalled client cannot exhaust memory.
+/// Deliveries that may wait in memory for one connection, by count and by bytes, before
+/// it counts as lagging and reads the rest from Kafka itself: enough to absorb bursts,
+/// bounded so that a stalled client holds at most this much whatever its lag.
 const DELIVERY_QUEUE: usize = 16_384;
+const DELIVERY_QUEUE_BYTES: usize = 4 << 20;
 
 /// Start-up choices that are not part of the config file.
 #[derive(Clone, Debug, Default)]
@@ -251,6 +253,7 @@ async fn connect_kafka(
         Arc::clone(&publisher),
         Arc::clone(metrics),
         DELIVERY_QUEUE,
+        DELIVERY_QUEUE_BYTES,
     ));
     let mut topics = hub.messages_topics();
     topics.push(config.topics.sessions.clone());

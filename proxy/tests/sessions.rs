@@ -1,6 +1,6 @@
 //! Sessions that live in Kafka, across proxy processes sharing the same topics (one broker
 //! of several processes): offline delivery from stored positions, takeover, will delay,
-//! expiry, and subscribers that fall behind.
+//! and expiry.
 
 mod support;
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties, Packet};
-use support::{Client, TestProxy, cluster};
+use support::{Client, TestProxy, cluster, message_number};
 use tokio::time::Instant;
 
 fn persistent(expiry_secs: u32) -> impl FnOnce(&mut MqttOptions) {
@@ -20,35 +20,13 @@ fn persistent(expiry_secs: u32) -> impl FnOnce(&mut MqttOptions) {
     }
 }
 
-/// Publishes `count` QoS 1 messages `m<i>` on `topic(i)` and waits for every PUBACK.
-async fn publish_acked(publisher: &mut Client, count: usize, topic: impl Fn(usize) -> String) {
-    for i in 0..count {
-        publisher
-            .client
-            .publish(topic(i), QoS::AtLeastOnce, false, format!("m{i}"))
-            .await
-            .expect("publish");
-    }
-    let mut acked = 0;
-    while acked < count {
-        if let Ok(Packet::PubAck(ack)) = publisher.next().await {
-            assert_eq!(
-                ack.reason,
-                rumqttc::v5::mqttbytes::v5::PubAckReason::Success,
-                "PUBACK {acked}"
-            );
-            acked += 1;
-        }
-    }
-}
-
 /// Receives `count` PUBLISHes and checks that each topic's messages came in publishing
 /// order; returns the payload numbers per topic.
 async fn receive_in_order(client: &mut Client, count: usize) -> BTreeMap<String, Vec<usize>> {
     let mut per_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for _ in 0..count {
         let p = client.next_publish().await;
-        let n: usize = String::from_utf8_lossy(&p.payload[1..]).parse().expect("m<i>");
+        let n = message_number(&p.payload);
         per_topic
             .entry(String::from_utf8_lossy(&p.topic).into_owned())
             .or_default()
@@ -76,7 +54,9 @@ async fn a_persistent_session_resumes_on_another_process_with_its_subscriptions_
     sub.disconnect().await;
 
     let mut publisher = Client::connect(&procs[1], "sess-offline-pub").await;
-    publish_acked(&mut publisher, 60, |i| format!("offline/{}", i % 3)).await;
+    publisher
+        .publish_acked(0..60, |i| format!("offline/{}", i % 3), 0)
+        .await;
 
     // Back on the other process, without subscribing again.
     let mut back = Client::connect_with(&procs[1], "sess-offline", persistent(300)).await;
@@ -86,7 +66,7 @@ async fn a_persistent_session_resumes_on_another_process_with_its_subscriptions_
     back.expect_no_publish(Duration::from_millis(500)).await;
 
     // Live delivery goes on after the catch-up.
-    publish_acked(&mut publisher, 1, |_| "offline/live".into()).await;
+    publisher.publish_acked(0..1, |_| "offline/live".into(), 0).await;
     assert_eq!(&back.next_publish().await.payload[..], b"m0");
 }
 
@@ -120,7 +100,7 @@ async fn a_mqtt_3_1_1_session_with_clean_session_0_keeps_subscriptions_and_messa
     while events.poll().await.is_ok() {}
 
     let mut publisher = Client::connect(&procs[1], "sess-v3-pub").await;
-    publish_acked(&mut publisher, 20, |i| format!("v3/{}", i % 2)).await;
+    publisher.publish_acked(0..20, |i| format!("v3/{}", i % 2), 0).await;
 
     let (_client, mut events, present) = connect3(&procs[1]).await;
     assert!(present, "session present for clean session 0");
@@ -242,47 +222,6 @@ async fn an_expired_session_is_deleted_and_not_resumed() {
 }
 
 #[tokio::test]
-async fn a_subscriber_that_falls_far_behind_gets_every_message_from_kafka() {
-    let proxy = TestProxy::start().await;
-    let mut slow = Client::connect_with(&proxy, "sess-slow", |o| {
-        o.set_manual_acks(true);
-        o.set_receive_maximum(Some(10));
-    })
-    .await;
-    slow.client
-        .subscribe("slow/#", QoS::AtLeastOnce)
-        .await
-        .expect("subscribe");
-    slow.suback().await;
-    // 20 000 messages while the subscriber acknowledges nothing: its window (10) and its
-    // queue in the proxy fill up long before the end.
-    let total = 20_000;
-    let mut publisher = Client::connect(&proxy, "sess-slow-pub").await;
-    publish_acked(&mut publisher, total, |i| format!("slow/{}", i % 4)).await;
-    assert!(
-        proxy.metric("mqtt_kafka_subscriber_lags_total").await.unwrap_or(0.0) >= 1.0,
-        "the subscriber fell behind"
-    );
-    let mut per_topic: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    let mut received = 0;
-    while received < total {
-        let p = slow.next_publish().await;
-        slow.client.ack(&p).await.expect("ack");
-        let n: usize = String::from_utf8_lossy(&p.payload[1..]).parse().expect("m<i>");
-        per_topic
-            .entry(String::from_utf8_lossy(&p.topic).into_owned())
-            .or_default()
-            .push(n);
-        received += 1;
-    }
-    for (topic, numbers) in &per_topic {
-        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{topic} out of order");
-        assert_eq!(numbers.len(), total / 4, "{topic}");
-    }
-    assert!(proxy.metric("mqtt_kafka_replayed_records_total").await.unwrap_or(0.0) >= 1.0);
-}
-
-#[tokio::test]
 async fn each_message_of_a_shared_subscription_goes_to_one_member_across_processes() {
     let procs = cluster(3).await;
     let mut members = Vec::new();
@@ -300,7 +239,7 @@ async fn each_message_of_a_shared_subscription_goes_to_one_member_across_process
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut publisher = Client::connect(&procs[0], "share-publisher").await;
     let total = 90;
-    publish_acked(&mut publisher, total, |i| format!("jobs/{i}")).await;
+    publisher.publish_acked(0..total, |i| format!("jobs/{i}"), 0).await;
     let mut got = Vec::new();
     let mut per_member = Vec::new();
     for member in &mut members {

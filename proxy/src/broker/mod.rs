@@ -1,7 +1,7 @@
 //! Broker decisions, pure: topic rules, the subscription index, routes, `clients`
-//! identities, the retained view, and the hub that ties them to live connections.
+//! identities, the retained view, session state and transitions. Nothing here does I/O
+//! (the `hub` ties these decisions to live connections and Kafka).
 
-pub mod hub;
 pub mod identity;
 pub mod message;
 pub mod retained;

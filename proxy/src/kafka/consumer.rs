@@ -53,6 +53,9 @@ fn consumer_config(bootstrap: &str, properties: &[(String, String)], group: &str
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "10")
+        // librdkafka prefetches up to 64 MiB per consumer by default; the fan-out keeps up
+        // with live traffic, so 16 MiB is room enough and bounds what a burst leaves behind.
+        .set("queued.max.messages.kbytes", "16384")
         .set("enable.partition.eof", "false");
     for (key, value) in properties {
         config.set(key, value);

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::broker::hub::Hub;
+use crate::hub::Hub;
 use crate::kafka::replay::Replayer;
 use crate::kafka::sessions::SessionStore;
 use crate::mqtt::connect::Limits;

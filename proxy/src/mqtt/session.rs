@@ -13,11 +13,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use rmqtt_codec::v5::LastWill;
 
-use crate::broker::hub::{Hub, Positions};
 use crate::broker::message::{Message, MessageProperties, now_ms};
 use crate::broker::session::{
     self, ConnectRequest, Departure, DisconnectOutcome, Due, SessionState, StoredWill, next_deadline_ms,
 };
+use crate::hub::{Hub, Positions};
 use crate::kafka::sessions::{SessionError, SessionStore};
 
 /// The will of a CONNECT, as the session stores it.

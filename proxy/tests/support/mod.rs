@@ -12,11 +12,14 @@ use mqtt_kafka_testenv::{kafka, unique_name};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, PubAckReason, Publish};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+
+pub mod processes;
 
 pub const PARTITIONS: i32 = 3;
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -190,6 +193,36 @@ impl Client {
         }
     }
 
+    /// Publishes QoS 1 messages number `numbers` on `topic(i)` and waits for every PUBACK
+    /// (each must be Success). Payload `i` is `m<i>`, followed by a space and `padding`
+    /// bytes if `padding` > 0; [`message_number`] reads `i` back.
+    pub async fn publish_acked(
+        &mut self,
+        numbers: std::ops::Range<usize>,
+        topic: impl Fn(usize) -> String,
+        padding: usize,
+    ) {
+        let pad = if padding > 0 {
+            format!(" {}", "x".repeat(padding))
+        } else {
+            String::new()
+        };
+        let count = numbers.len();
+        for i in numbers {
+            self.client
+                .publish(topic(i), QoS::AtLeastOnce, false, format!("m{i}{pad}"))
+                .await
+                .expect("publish");
+        }
+        let mut acked = 0;
+        while acked < count {
+            if let Ok(Packet::PubAck(ack)) = self.next().await {
+                assert_eq!(ack.reason, PubAckReason::Success, "PUBACK {acked}");
+                acked += 1;
+            }
+        }
+    }
+
     /// The next incoming packet (or the connection error that ended the client).
     pub async fn next(&mut self) -> Result<Packet, String> {
         tokio::time::timeout(WAIT, self.incoming.recv())
@@ -234,6 +267,15 @@ impl Client {
             }
         }
     }
+}
+
+/// The number `i` of a payload written by [`Client::publish_acked`].
+pub fn message_number(payload: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(payload);
+    text.strip_prefix('m')
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered message: {text:.40}"))
 }
 
 /// Reads records of a Kafka topic from the beginning.

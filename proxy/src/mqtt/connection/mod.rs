@@ -31,10 +31,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
-use crate::broker::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, SESSION_TAKEN_OVER};
 use crate::broker::message::{MessageProperties, now_ms};
 use crate::broker::session::{ConnectRequest, Departure, SessionState, prune_outbound};
 use crate::cluster::ownership::{self, Placement};
+use crate::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, SESSION_TAKEN_OVER};
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
@@ -445,7 +445,7 @@ impl Connection {
                     let mut step = self.deliver(transport, outgoing).await;
                     let mut batch = 1;
                     while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
-                        let Ok(next) = deliveries.try_recv() else { break };
+                        let Some(next) = deliveries.try_recv() else { break };
                         step = self.deliver(transport, next).await;
                         batch += 1;
                     }

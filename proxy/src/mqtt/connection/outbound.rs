@@ -10,8 +10,8 @@ use rmqtt_codec::v5::PublishProperties;
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::broker::hub::CatchUp;
 use crate::broker::session::{StoredOutbound, prune_outbound};
+use crate::hub::CatchUp;
 use crate::mqtt::inflight::Stage;
 use crate::mqtt::topic_alias::OutboundTopic;
 

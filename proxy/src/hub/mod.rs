@@ -16,7 +16,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
+
+mod queue;
+
+pub use queue::QueueReceiver;
+use queue::QueueSender;
 
 use crate::broker::identity::IdentityPatterns;
 use crate::broker::message::Message;
@@ -69,7 +74,7 @@ pub struct Outgoing {
 pub struct Registration {
     pub id: ConnId,
     /// Deliveries for this connection.
-    pub deliveries: mpsc::Receiver<Outgoing>,
+    pub deliveries: QueueReceiver,
     /// Becomes `Some` when the connection is to be closed (takeover, moved elsewhere,
     /// shutdown).
     pub kicked: watch::Receiver<Option<Kick>>,
@@ -114,7 +119,7 @@ struct Live {
     client_id: String,
     /// MQTT 5 clients can be redirected; 3.1.1 clients are served where they connect.
     mqtt5: bool,
-    deliveries: mpsc::Sender<Outgoing>,
+    deliveries: QueueSender,
     kick: watch::Sender<Option<Kick>>,
     tracking: Mutex<Tracking>,
     lagging: Arc<Notify>,
@@ -129,6 +134,7 @@ pub struct Hub {
     publisher: Arc<Publisher>,
     metrics: Arc<Metrics>,
     queue_capacity: usize,
+    queue_bytes: usize,
     next_id: AtomicU64,
     live: RwLock<HashMap<ConnId, Live>>,
     clients: Mutex<HashMap<String, ConnId>>,
@@ -156,13 +162,15 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// `queue_capacity` bounds the deliveries waiting for one connection.
+    /// `queue_capacity` bounds the deliveries waiting for one connection, `queue_bytes`
+    /// the bytes of their messages.
     pub fn new(
         routes: RouteTable,
         identities: IdentityPatterns,
         publisher: Arc<Publisher>,
         metrics: Arc<Metrics>,
         queue_capacity: usize,
+        queue_bytes: usize,
     ) -> Self {
         let indexes = routes
             .all_messages_topics()
@@ -180,6 +188,7 @@ impl Hub {
             publisher,
             metrics,
             queue_capacity: queue_capacity.max(1),
+            queue_bytes,
             next_id: AtomicU64::new(1),
             live: RwLock::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
@@ -209,7 +218,7 @@ impl Hub {
     /// catches up from them (partitions it has no position for start at the fan-out's).
     pub fn register(&self, client_id: &str, mqtt5: bool, resume_from: &Positions) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (deliveries_tx, deliveries) = mpsc::channel(self.queue_capacity);
+        let (deliveries_tx, deliveries) = queue::channel(self.queue_capacity, self.queue_bytes);
         let (kick, kicked) = watch::channel(None);
         let mut tracking = Tracking::default();
         for (topic, stored) in resume_from {
