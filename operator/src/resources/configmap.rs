@@ -306,8 +306,15 @@ mod tests {
         assert_eq!(jwt.roles_claim, "roles");
         let refused = render(&proxy).err().unwrap_or_default();
         let paths: Vec<&str> = refused.iter().map(|v| v.path.as_str()).collect();
-        assert_eq!(paths, ["spec.authorization.jwt", "spec.routes[0].guarded"], "{refused:?}");
-        assert!(refused.iter().all(|v| v.message.contains("not enforced")), "{refused:?}");
+        assert_eq!(
+            paths,
+            ["spec.authorization.jwt", "spec.routes[0].guarded"],
+            "{refused:?}"
+        );
+        assert!(
+            refused.iter().all(|v| v.message.contains("not enforced")),
+            "{refused:?}"
+        );
     }
 
     #[test]
