@@ -33,7 +33,8 @@ set -e
 
 log "MQTT conformance suite (paho-mqtt, mosquitto clients, kcat) against the proxy binary"
 pyout=.local/pytest.log
-cargo build -q -p mqtt-kafka-proxy
+# The workspace build cargo test made (same features): nothing to compile again.
+cargo build -q --workspace --bins
 set +e
 python3 -m pytest -q -p no:cacheprovider e2e/mqtt 2>&1 | tee "$pyout"
 pyrc=${PIPESTATUS[0]}
