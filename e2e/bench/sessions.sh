@@ -9,7 +9,7 @@
 #   make bench-sessions            (or: bash e2e/bench/sessions.sh [SESSIONS] [MESSAGES])
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-SESSIONS="${1:-1000}"
+SESSIONS="${1:-10000}"
 MESSAGES="${2:-100}"
 STATE="${MQTT_KAFKA_STATE:-.local}"
 TARGET="${CARGO_TARGET_DIR:-target}"

@@ -317,3 +317,54 @@ async fn a_qos2_publish_retried_on_another_process_after_a_reconnect_is_stored_o
     }
     assert_eq!(copies, 1, "the QoS 2 message is stored exactly once");
 }
+
+#[tokio::test]
+async fn a_message_whose_expiry_ran_out_while_the_session_was_away_is_not_delivered() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let procs = cluster(2).await;
+    let mut sub = Client::connect_with(&procs[0], "sess-msg-expiry", persistent(300)).await;
+    sub.client
+        .subscribe("waited/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.suback().await;
+    sub.disconnect().await;
+
+    let publisher = Client::connect(&procs[1], "sess-msg-expiry-pub").await;
+    for (topic, expiry) in [
+        ("waited/short", Some(1)),
+        ("waited/long", Some(600)),
+        ("waited/never", None),
+    ] {
+        let props = PublishProperties {
+            message_expiry_interval: expiry,
+            ..Default::default()
+        };
+        publisher
+            .client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, "x", props)
+            .await
+            .expect("publish");
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let mut back = Client::connect_with(&procs[1], "sess-msg-expiry", persistent(300)).await;
+    assert!(back.connack.session_present);
+    // Topics on different partitions come in either order; the short one never comes.
+    let mut got = BTreeMap::new();
+    for _ in 0..2 {
+        let p = back.next_publish().await;
+        let expiry = p.properties.as_ref().and_then(|p| p.message_expiry_interval);
+        got.insert(String::from_utf8_lossy(&p.topic).into_owned(), expiry);
+    }
+    let topics: Vec<&str> = got.keys().map(String::as_str).collect();
+    assert_eq!(
+        topics,
+        ["waited/long", "waited/never"],
+        "the 1 s message expired while it waited"
+    );
+    let left = got["waited/long"].expect("remaining expiry");
+    assert!((590..=598).contains(&left), "600 s less the time it waited: {left}");
+    assert_eq!(got["waited/never"], None);
+    back.expect_no_publish(Duration::from_millis(500)).await;
+}
