@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod server;
+pub mod signals;

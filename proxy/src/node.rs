@@ -17,6 +17,9 @@ use crate::kafka::sessions::SessionStore;
 use crate::mqtt::connect::Limits;
 use crate::mqtt::session;
 
+/// How long leaving waits for the departure record to be written.
+const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How often the mover looks for clients to move.
 const MOVE_EVERY: Duration = Duration::from_millis(100);
 
@@ -123,8 +126,14 @@ fn kick_misplaced(
 /// returns once they are closed (sessions stored) or `grace` is over.
 pub async fn leave(hub: &Arc<Hub>, store: &Arc<SessionStore>, limits: &Limits, grace: Duration) {
     let deadline = Instant::now() + grace;
-    if let Err(error) = store.leave().await {
-        tracing::warn!(%error, "departure not written; the others notice in a few seconds");
+    // Bounded: with Kafka unreachable the write would wait for the producer's delivery
+    // timeout, and the hand-over below still has connections to end.
+    match tokio::time::timeout(LEAVE_WRITE_TIMEOUT.min(grace), store.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "departure not written; the others notice in a few seconds"),
+        Err(_) => tracing::warn!(
+            "departure not written in time (Kafka slow or unreachable); the others notice in a few seconds"
+        ),
     }
     let owners = store.owners(Some(store.instance()));
     let reason = limits.redirect.unwrap_or(0x9C);

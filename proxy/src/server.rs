@@ -94,24 +94,35 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// How long SIGTERM waits for connections to be handed over (Kubernetes' default grace
-/// period is 30 s).
+/// How long SIGTERM may take in all (Kubernetes' default grace period is 30 s; the
+/// operator gives 60 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Of that, how long connections get to be handed over; the rest lets Kafka deliver what
+/// is queued.
+const HAND_OVER_GRACE: Duration = Duration::from_secs(20);
+/// The producer's last flush gets at least this long.
+const FLUSH_AT_LEAST: Duration = Duration::from_secs(2);
 
 impl Server {
     /// Stops accepting, leaves the cluster and hands every connection over (DISCONNECT,
     /// with the new owner's Server Reference for MQTT 5 clients when redirects are on),
     /// then lets Kafka deliver what is queued.
+    /// Everything together takes at most `SHUTDOWN_GRACE` plus `FLUSH_AT_LEAST`, also when
+    /// Kafka cannot be reached.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for task in &self.listener_tasks {
             task.abort();
         }
-        crate::node::leave(&self.hub, &self.sessions, &self.limits, SHUTDOWN_GRACE).await;
+        crate::node::leave(&self.hub, &self.sessions, &self.limits, HAND_OVER_GRACE).await;
         for task in &self.tasks {
             task.abort();
         }
         let publisher = Arc::clone(&self.publisher);
-        let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await;
+        let flush = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(FLUSH_AT_LEAST);
+        let _ = tokio::task::spawn_blocking(move || publisher.flush(flush)).await;
     }
 }
 
