@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::broker::hub::{Hub, Kick};
-use crate::cluster::membership::{DEAD_AFTER, HEARTBEAT_EVERY};
+use crate::cluster::membership::{DEAD_AFTER, HEARTBEAT_EVERY, ServerReferences};
 use crate::cluster::ownership::{self, Placement};
 use crate::kafka::sessions::SessionStore;
 use crate::mqtt::connect::Limits;
@@ -29,7 +29,7 @@ pub fn spawn(
     hub: Arc<Hub>,
     store: Arc<SessionStore>,
     limits: Arc<Limits>,
-    server_reference: Option<String>,
+    references: ServerReferences,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
@@ -37,7 +37,7 @@ pub fn spawn(
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            if let Err(error) = s.heartbeat(server_reference.clone(), h.shares()).await {
+            if let Err(error) = s.heartbeat(&references, h.shares()).await {
                 tracing::warn!(%error, "heartbeat not written");
             }
             let owned = s.owners(None).iter().filter(|o| *o == s.instance()).count();
@@ -91,17 +91,17 @@ fn kick_misplaced(
     otherwise: Option<u8>,
 ) -> usize {
     let mut told = 0;
-    for (id, client_id, mqtt5) in hub.connections() {
+    for connection in hub.connections() {
         if told >= usize::try_from(budget).unwrap_or(usize::MAX) {
             break;
         }
         let placement = ownership::place(
-            store.partition_of(&client_id),
+            store.partition_of(&connection.client_id),
             owners,
             store.instance(),
             true,
-            mqtt5,
-            |i| store.reference_of(i),
+            connection.mqtt5,
+            |i| store.reference_of(i, &connection.listener),
         );
         let kick = match (placement, otherwise) {
             (Placement::Elsewhere(reference), _) => Kick {
@@ -114,7 +114,7 @@ fn kick_misplaced(
             },
             (Placement::Here, None) => continue,
         };
-        hub.kick(id, kick);
+        hub.kick(connection.id, kick);
         told += 1;
     }
     told

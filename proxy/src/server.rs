@@ -12,6 +12,7 @@ use crate::admin::{self, KAFKA_SETUP, Readiness};
 use crate::broker::hub::Hub;
 use crate::broker::identity::{IdentityPatterns, PatternError};
 use crate::broker::routes::{Condition, Route, RouteError, RouteTable};
+use crate::cluster::membership::ServerReferences;
 use crate::config::{Config, ConfigError, ListenerProtocol, RouteCondition};
 use crate::kafka::admin::{self as kafka_admin, AdminError};
 use crate::kafka::consumer::{self, ReaderError, RecordSink, Supervision};
@@ -405,13 +406,17 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         Arc::clone(&hub),
         Arc::clone(&sessions),
         Arc::clone(&limits),
-        config.server_reference(&instance),
+        ServerReferences {
+            default: config.server_reference(&instance),
+            by_listener: config.listener_server_references(&instance),
+        },
     ));
     let shared = Shared {
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
         replayer,
         instance: Arc::from(config.effective_instance_id().as_str()),
+        listener: Arc::from(""),
         limits: Arc::clone(&limits),
         connections: Arc::new(AtomicUsize::new(0)),
     };
@@ -436,7 +441,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         })?;
         tracing::info!(listener = %l.name, protocol = l.protocol.as_str(), address = %bound, "MQTT listener ready");
         server.mqtt_addresses.push(bound);
-        let shared = shared.clone();
+        let shared = Shared {
+            listener: Arc::from(l.name.as_str()),
+            ..shared.clone()
+        };
         server.listener_tasks.push(match transport {
             Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
             Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),

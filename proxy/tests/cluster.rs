@@ -25,6 +25,8 @@ fn free_port() -> u16 {
 struct Proc {
     instance: String,
     port: u16,
+    /// A second TCP listener (`alt`) with a server reference of its own; 0 when absent.
+    alt: u16,
     admin: u16,
     child: Option<Child>,
 }
@@ -120,6 +122,8 @@ struct TestCluster {
     prefix: String,
     procs: Vec<Proc>,
     redirect: bool,
+    /// Each process also has the `alt` listener.
+    alt_listener: bool,
 }
 
 impl TestCluster {
@@ -129,6 +133,11 @@ impl TestCluster {
 
     /// `n` processes; with `redirect` off every process serves every client.
     async fn start_with(n: usize, redirect: bool) -> Self {
+        Self::start_custom(n, redirect, false).await
+    }
+
+    /// `n` processes; `alt_listener`: each also has the `alt` listener.
+    async fn start_custom(n: usize, redirect: bool, alt_listener: bool) -> Self {
         let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
         let prefix = unique_name("c");
         let dir = mqtt_kafka_testenv::repo_root()
@@ -142,6 +151,7 @@ impl TestCluster {
             prefix,
             procs: Vec::new(),
             redirect,
+            alt_listener,
         };
         for i in 0..n {
             cluster.add(i == 0).await;
@@ -154,10 +164,16 @@ impl TestCluster {
     async fn add(&mut self, create: bool) -> usize {
         let i = self.procs.len();
         let (port, admin) = (free_port(), free_port());
+        let alt = if self.alt_listener { free_port() } else { 0 };
+        let alt_listener = if self.alt_listener {
+            format!(", {{name: alt, protocol: tcp, address: '127.0.0.1:{alt}', serverReference: '127.0.0.1:{alt}'}}")
+        } else {
+            String::new()
+        };
         let instance = format!("proxy-{i}");
         let config = format!(
             "instanceId: {instance}\n\
-             listeners: [{{name: mqtt, protocol: tcp, address: '127.0.0.1:{port}'}}]\n\
+             listeners: [{{name: mqtt, protocol: tcp, address: '127.0.0.1:{port}'}}{alt_listener}]\n\
              admin: {{address: '127.0.0.1:{admin}'}}\n\
              kafka: {{bootstrapServers: '{bootstrap}'}}\n\
              topics: {{messages: {p}-messages, retained: {p}-retained, sessions: {p}-sessions}}\n\
@@ -184,6 +200,7 @@ impl TestCluster {
         self.procs.push(Proc {
             instance,
             port,
+            alt,
             admin,
             child: Some(child),
         });
@@ -405,6 +422,42 @@ async fn mqtt5_clients_are_redirected_to_the_owner_of_their_session() {
     }
     assert!(redirected > 0, "some of 12 clients belong to another process");
     assert_eq!(served_by.len(), 3, "every process owns some of them: {served_by:?}");
+}
+
+/// The reason code and Server Reference of the CONNACK `id` gets on `port`.
+async fn connack_on(port: u16, id: &str) -> (u8, Option<String>) {
+    let mut peer = RawPeer {
+        stream: TcpStream::connect(("127.0.0.1", port)).await.expect("connect"),
+    };
+    peer.send(&connect_packet(id, true, 0, None)).await;
+    let connack = peer.read_packet().await.expect("CONNACK");
+    reason_and_reference(&connack)
+}
+
+#[tokio::test]
+async fn a_client_is_redirected_to_the_owners_listener_of_the_kind_it_connected_on() {
+    let cluster = TestCluster::start_custom(2, true, true).await;
+    let (first, second) = (&cluster.procs[0], &cluster.procs[1]);
+    let mut redirected = 0;
+    for i in 0..12 {
+        let id = format!("kind-{i}");
+        // On the listener with a reference of its own: the owner's same listener.
+        match connack_on(first.alt, &id).await {
+            (0, _) => continue,
+            (0x9C, reference) => {
+                assert_eq!(reference, Some(format!("127.0.0.1:{}", second.alt)), "{id}");
+                redirected += 1;
+            }
+            other => panic!("{id}: CONNACK {other:?}"),
+        }
+        // On the listener without: the owner's single reference.
+        assert_eq!(
+            connack_on(first.port, &id).await,
+            (0x9C, Some(second.reference())),
+            "{id}"
+        );
+    }
+    assert!(redirected > 0, "some of 12 clients belong to the other process");
 }
 
 #[tokio::test]
