@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 pub const GROUP: &str = "mqttkafka.io";
+/// The longest resource name: the StatefulSet's pods carry the label
+/// `controller-revision-hash=<name>-<10 characters>`, at most 63 characters.
+pub const MAX_NAME_LENGTH: usize = 52;
 /// Image used when `spec.image` is not set: the proxy of the same release as the operator.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/mqtt-kafka/mqtt-kafka-proxy:", env!("CARGO_PKG_VERSION"));
 /// Port of the proxy's `/healthz`, `/readyz` and `/metrics` (its `admin.address`).
@@ -57,6 +60,19 @@ pub const ADMIN_PORT: u16 = 9090;
     printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[kube(validation = Rule::new(
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+).message(
+    "metadata.name must start with a lower-case letter and hold only lower-case letters, digits and '-' \
+     (no dots), ending with a letter or digit: it names the Services <name>, <name>-headless and \
+     <name>-<ordinal>, which must be DNS-1035 labels"
+))]
+#[kube(validation = Rule::new(
+    "size(self.metadata.name) <= 52"
+).message(
+    "metadata.name must be at most 52 characters: it names the StatefulSet, whose pods carry the label \
+     controller-revision-hash=<name>-<10 characters>, and label values are at most 63 characters"
+))]
 #[x_kube(validation = Rule::new(
     "!self.cluster.redirect.enabled || self.mqtt.versions.exists(v, v == '5.0')"
 ).message(
@@ -156,6 +172,7 @@ fn default_listeners() -> Vec<ListenerSpec> {
         port: 1883,
         path: None,
         tls: None,
+        server_reference: None,
     }]
 }
 
@@ -386,8 +403,8 @@ pub enum TopicDeletePolicy {
 #[x_kube(validation = Rule::new("self.protocol != 'tls' || has(self.tls)")
     .message("a tls listener needs tls.secretName, a kubernetes.io/tls Secret with its certificate and key")
     .field_path(".tls"))]
-#[x_kube(validation = Rule::new("!has(self.tls) || self.protocol == 'tls'")
-    .message("tls is only allowed on a listener with protocol tls")
+#[x_kube(validation = Rule::new("!has(self.tls) || self.protocol == 'tls' || self.protocol == 'websocket'")
+    .message("tls is only allowed on a listener with protocol tls, or websocket (which makes it wss)")
     .field_path(".tls"))]
 #[x_kube(validation = Rule::new("!has(self.path) || self.protocol == 'websocket'")
     .message("path is only allowed on a listener with protocol websocket")
@@ -408,9 +425,19 @@ pub struct ListenerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^/\S*$"))]
     pub path: Option<String>,
-    /// Certificate of a `tls` listener.
+    /// Certificate of a `tls` listener, or of a `websocket` listener that serves wss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsSpec>,
+    /// `host:port` template at which clients reach this listener of a pod (`{instance}` is
+    /// the pod name): MQTT 5 clients that connected on this listener are redirected there,
+    /// so a TLS or WebSocket client stays on TLS or WebSocket. Default: the host of
+    /// `cluster.serverReference` (or of the headless Service) with this listener's port;
+    /// for the first listener, `cluster.serverReference` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.contains('{instance}')").message("must contain {instance}, the pod name"))]
+    #[x_kube(validation = Rule::new("self.matches('^[^\\\\s:/]+:[0-9]{1,5}$')").message("must be host:port"))]
+    pub server_reference: Option<String>,
 }
 
 /// Transport of a listener: the proxy's own type, so the two cannot drift apart.
@@ -653,6 +680,10 @@ pub struct PodServerReference {
     pub pod: String,
     /// `host:port` clients are redirected to for sessions this pod owns.
     pub server_reference: String,
+    /// The reference per listener name: clients are redirected to the one of the listener
+    /// they connected on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, String>,
 }
 
 /// One Kafka topic as observed.
@@ -670,6 +701,17 @@ pub struct TopicStatus {
     /// What is wrong with it, when not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Whether the operator created the topic for this resource. Only such topics are
+    /// deleted with `deletePolicy: Delete`; a topic that existed before is kept.
+    #[serde(default)]
+    pub created: bool,
+    /// What happens to the topic when the resource is deleted, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_delete: Option<String>,
+    /// Another `MqttKafkaProxy` (`namespace/name`) that uses this topic on the same Kafka
+    /// and keeps it: this resource is not reconciled until the conflict is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 impl MqttKafkaProxySpec {
@@ -755,6 +797,31 @@ mod tests {
         );
         let sessions = &spec["properties"]["kafka"]["properties"]["topics"]["properties"]["sessions"];
         assert!(rules(sessions).iter().any(|r| r.contains("cleanup.policy")));
+    }
+
+    #[test]
+    fn names_that_cannot_name_the_objects_are_refused_by_root_rules() {
+        let root = &crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let root_rules = rules(root);
+        assert!(
+            root_rules.contains(&format!("size(self.metadata.name) <= {MAX_NAME_LENGTH}")),
+            "{root_rules:?}"
+        );
+        assert!(
+            root_rules.iter().any(|r| r.contains("^[a-z]([-a-z0-9]*[a-z0-9])?$")),
+            "{root_rules:?}"
+        );
+        // The longest accepted name still makes valid object names.
+        let name = "a".repeat(MAX_NAME_LENGTH);
+        assert!(
+            format!("{name}-{}", "x".repeat(10)).len() <= 63,
+            "controller-revision-hash label"
+        );
+        assert!(crate::resources::names::headless(&name).len() <= 63, "headless Service");
+        assert!(
+            crate::resources::names::pod(&name, 9999).len() <= 63,
+            "pod and per-pod Service"
+        );
     }
 
     #[test]

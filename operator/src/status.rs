@@ -6,12 +6,14 @@
 //! unchanged world yields an equal status, which the controller does not write, so the
 //! operator does not wake itself up.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::crd::{MqttKafkaProxy, MqttKafkaProxyStatus, PodServerReference};
-use crate::resources::configmap::{SpecViolation, server_reference_template};
+use crate::crd::{MqttKafkaProxy, MqttKafkaProxyStatus, PodServerReference, TopicDeletePolicy, TopicStatus};
+use crate::resources::configmap::{SpecViolation, listener_reference_templates, server_reference_template};
 use crate::resources::{names, selector_string};
 use crate::topics::TopicReport;
 use mqtt_kafka_proxy::config::INSTANCE_PLACEHOLDER;
@@ -33,6 +35,9 @@ pub struct Observed<'a> {
     pub invalid_spec: &'a [SpecViolation],
     /// Why applying an object failed, if it did.
     pub apply_error: Option<&'a str>,
+    /// Ordinals of the pods that exist; `None` when they were not looked at (the server
+    /// references then stay as they were).
+    pub pods: Option<&'a BTreeSet<i32>>,
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
@@ -231,7 +236,6 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
         }
     };
 
-    let template = server_reference_template(proxy);
     let conditions = [ready, topics_ready, progressing, degraded]
         .into_iter()
         .map(|mut c| {
@@ -250,19 +254,67 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
         replicas: pods.as_ref().map_or(0, |p| p.existing),
         ready_replicas: pods.as_ref().map_or(0, |p| p.ready),
         selector: Some(selector),
-        server_references: (0..proxy.spec.replicas.max(0))
-            .map(|ordinal| {
-                let pod = names::pod(&name, ordinal);
-                PodServerReference {
-                    server_reference: template.replace(INSTANCE_PLACEHOLDER, &pod),
-                    pod,
-                }
-            })
-            .collect(),
-        topics: observed
-            .topics
-            .map_or_else(|| previous.topics.clone(), |report| report.topics.clone()),
+        server_references: observed.pods.map_or_else(
+            || previous.server_references.clone(),
+            |pods| server_references(proxy, pods),
+        ),
+        topics: observed.topics.map_or_else(
+            || previous.topics.clone(),
+            |report| topic_statuses(&report.topics, &previous.topics, proxy.spec.kafka.topics.delete_policy),
+        ),
         conditions,
+    }
+}
+
+/// The server references of the pods that exist (`pods`: their ordinals), not of the pods
+/// the spec wants: a pod that hands its sessions over during a scale-down keeps its
+/// address until it is gone, and a pod not yet created has none.
+pub fn server_references(proxy: &MqttKafkaProxy, pods: &BTreeSet<i32>) -> Vec<PodServerReference> {
+    let name = proxy.name_any();
+    let template = server_reference_template(proxy);
+    let listeners = listener_reference_templates(proxy);
+    pods.iter()
+        .map(|&ordinal| {
+            let pod = names::pod(&name, ordinal);
+            PodServerReference {
+                server_reference: template.replace(INSTANCE_PLACEHOLDER, &pod),
+                listeners: listeners
+                    .iter()
+                    .map(|(listener, t)| (listener.clone(), t.replace(INSTANCE_PLACEHOLDER, &pod)))
+                    .collect(),
+                pod,
+            }
+        })
+        .collect()
+}
+
+/// The topics as reported, with what the status recorded before that the report cannot
+/// know (the operator created the topic in an earlier pass), and what deletion will do.
+fn topic_statuses(reported: &[TopicStatus], previous: &[TopicStatus], policy: TopicDeletePolicy) -> Vec<TopicStatus> {
+    reported
+        .iter()
+        .map(|topic| {
+            let mut topic = topic.clone();
+            topic.created |= previous.iter().any(|p| p.name == topic.name && p.created);
+            topic.on_delete = Some(on_delete(&topic, policy));
+            topic
+        })
+        .collect()
+}
+
+/// What deleting the resource does to `topic`, for a person reading the status.
+pub fn on_delete(topic: &TopicStatus, policy: TopicDeletePolicy) -> String {
+    match (policy, &topic.claimed_by, topic.created) {
+        (_, Some(holder), _) => format!("kept: MqttKafkaProxy {holder} uses it"),
+        (TopicDeletePolicy::Retain, _, _) => "kept (deletePolicy: Retain)".into(),
+        (TopicDeletePolicy::Delete, None, true) => {
+            "deleted with this resource (the operator created it), unless another MqttKafkaProxy on the same Kafka \
+             uses it then"
+                .into()
+        }
+        (TopicDeletePolicy::Delete, None, false) => {
+            "kept: it existed before this resource; only topics the operator created are deleted".into()
+        }
     }
 }
 
@@ -321,7 +373,6 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::TopicStatus;
     use crate::resources::tests::minimal;
     use crate::topics::{Problem, ProblemReason};
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
@@ -361,18 +412,23 @@ mod tests {
                 partitions: 12,
                 ready: true,
                 message: None,
+                ..TopicStatus::default()
             }],
             ..TopicReport::default()
         }
     }
 
-    /// Status computed from a StatefulSet and a topic report, nothing else observed.
+    /// Status computed from a StatefulSet, a topic report and the pods the StatefulSet
+    /// says exist (ordinals from 0).
     fn observe(proxy: &MqttKafkaProxy, sts: &StatefulSet, topics: &TopicReport, now: Time) -> MqttKafkaProxyStatus {
+        let existing = sts.status.as_ref().map_or(0, |s| s.replicas);
+        let pods: BTreeSet<i32> = (0..existing).collect();
         compute(
             proxy,
             Observed {
                 statefulset: Some(sts),
                 topics: Some(topics),
+                pods: Some(&pods),
                 ..Observed::default()
             },
             now,
@@ -399,10 +455,18 @@ mod tests {
             status.server_references,
             [PodServerReference {
                 pod: "mqtt-0".into(),
-                server_reference: "mqtt-0.mqtt-headless.iot.svc:1883".into()
+                server_reference: "mqtt-0.mqtt-headless.iot.svc:1883".into(),
+                listeners: [("mqtt".to_owned(), "mqtt-0.mqtt-headless.iot.svc:1883".to_owned())].into(),
             }]
         );
-        assert_eq!(status.topics, topics.topics);
+        assert_eq!(status.topics.len(), 1);
+        assert_eq!(
+            status.topics[0],
+            TopicStatus {
+                on_delete: Some("kept (deletePolicy: Retain)".into()),
+                ..topics.topics[0].clone()
+            }
+        );
         let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [READY, TOPICS_READY, PROGRESSING, DEGRADED]);
         assert_eq!(
@@ -491,7 +555,8 @@ mod tests {
             ),
             ("Scaling", "1 pods exist, 3 wanted")
         );
-        assert_eq!(status.server_references.len(), 3, "references follow the spec");
+        let pods: Vec<&str> = status.server_references.iter().map(|r| r.pod.as_str()).collect();
+        assert_eq!(pods, ["mqtt-0"], "references follow the pods that exist, not the spec");
         assert_eq!(status.replicas, 1, "replicas are the pods that exist");
     }
 
@@ -638,5 +703,123 @@ mod tests {
                 .iter()
                 .any(|e| e.severity == Severity::Normal && e.reason == "Recovered")
         );
+    }
+
+    #[test]
+    fn a_created_topic_stays_created_and_says_what_deletion_does() {
+        let mut proxy = minimal();
+        proxy.spec.kafka.topics.delete_policy = TopicDeletePolicy::Delete;
+        let sts = settled(1, 1);
+        let mut first = good_topics();
+        first.topics[0].created = true;
+        first.topics.push(TopicStatus {
+            name: "mqtt-retained".into(),
+            role: "retained".into(),
+            ready: true,
+            ..TopicStatus::default()
+        });
+        proxy.status = Some(observe(&proxy, &sts, &first, at(1)));
+        // A later pass found both topics existing: it created neither.
+        let mut later = first.clone();
+        later.topics[0].created = false;
+        let status = observe(&proxy, &sts, &later, at(2));
+        assert!(status.topics[0].created, "the record of creating it is kept");
+        assert!(!status.topics[1].created);
+        let on_delete = |i: usize| status.topics[i].on_delete.clone().unwrap_or_default();
+        assert!(
+            on_delete(0).starts_with("deleted with this resource"),
+            "{}",
+            on_delete(0)
+        );
+        assert!(
+            on_delete(1).contains("existed before this resource"),
+            "{}",
+            on_delete(1)
+        );
+    }
+
+    #[test]
+    fn a_resource_conflict_is_reported_as_not_ready_and_degraded_naming_the_other() {
+        let proxy = minimal();
+        let desired = crate::topics::desired_topics(&proxy.spec);
+        let conflicts = [crate::claims::Conflict {
+            topic: "mqtt-sessions".into(),
+            holder: "other/mqtt".into(),
+        }];
+        let report = crate::claims::conflict_report(&desired, &conflicts, "kafka:9092");
+        let status = compute(
+            &proxy,
+            Observed {
+                topics: Some(&report),
+                ..Observed::default()
+            },
+            at(1),
+        );
+        for type_ in [READY, TOPICS_READY] {
+            let c = get(&status, type_);
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "ResourceConflict"),
+                "{type_}"
+            );
+        }
+        let degraded = get(&status, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ResourceConflict")
+        );
+        assert!(
+            degraded.message.contains("MqttKafkaProxy other/mqtt"),
+            "{}",
+            degraded.message
+        );
+        let sessions = &status.topics[0];
+        assert_eq!(sessions.claimed_by.as_deref(), Some("other/mqtt"));
+        assert!(
+            sessions
+                .on_delete
+                .as_deref()
+                .is_some_and(|d| d.contains("other/mqtt uses it"))
+        );
+    }
+
+    #[test]
+    fn a_pod_handing_over_after_a_scale_down_keeps_its_references_per_listener() {
+        let mut proxy = crate::resources::tests::proxy(serde_json::json!({
+            "replicas": 1,
+            "kafka": {"bootstrapServers": "k:9092"},
+            "cluster": {"serverReference": "{instance}.mqtt.example.com:1883"},
+            "listeners": [
+                {"name": "mqtt", "port": 1883},
+                {"name": "mqtts", "protocol": "tls", "port": 8883, "tls": {"secretName": "cert"}},
+                {"name": "wss", "protocol": "websocket", "port": 443, "tls": {"secretName": "cert"},
+                 "serverReference": "{instance}.ws.example.com:443"}
+            ]
+        }));
+        proxy.metadata.name = Some("mqtt".into());
+        // Scaled from 3 to 1: mqtt-1 is gone, mqtt-2 still hands its sessions over.
+        let references = server_references(&proxy, &BTreeSet::from([0, 2]));
+        let pods: Vec<&str> = references.iter().map(|r| r.pod.as_str()).collect();
+        assert_eq!(pods, ["mqtt-0", "mqtt-2"]);
+        let last = &references[1];
+        assert_eq!(last.server_reference, "mqtt-2.mqtt.example.com:1883");
+        assert_eq!(last.listeners["mqtt"], "mqtt-2.mqtt.example.com:1883");
+        assert_eq!(
+            last.listeners["mqtts"], "mqtt-2.mqtt.example.com:8883",
+            "same host, the TLS port"
+        );
+        assert_eq!(
+            last.listeners["wss"], "mqtt-2.ws.example.com:443",
+            "the listener's own template"
+        );
+    }
+
+    #[test]
+    fn unobserved_pods_keep_the_previous_references() {
+        let mut proxy = minimal();
+        let sts = settled(1, 1);
+        proxy.status = Some(observe(&proxy, &sts, &good_topics(), at(1)));
+        let status = compute(&proxy, Observed::default(), at(2));
+        assert_eq!(status.server_references.len(), 1);
     }
 }

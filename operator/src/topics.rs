@@ -420,13 +420,15 @@ pub async fn reconcile_topics(
         let plan = plan(topic, observed.as_ref(), policy, bootstrap);
         let mut partitions = observed.as_ref().map_or(0, |o| o.layout.partitions);
         let mut problems = plan.problems;
+        let mut created = false;
         for step in plan.steps {
             match execute(admin, topic, &step).await {
-                Ok(change) => {
+                Ok(done) => {
                     if let Step::Create | Step::AddPartitions(_) = step {
                         partitions = topic.partitions;
                     }
-                    report.changes.push(change);
+                    created |= done.created;
+                    report.changes.push(done.change);
                 }
                 Err(failure) => {
                     if topic.role == TopicRole::Sessions
@@ -456,6 +458,8 @@ pub async fn reconcile_topics(
             partitions,
             ready,
             message: problems.first().map(|p| p.message.clone()),
+            created,
+            ..TopicStatus::default()
         });
         report.problems.extend(problems);
     }
@@ -466,13 +470,24 @@ fn unknown_status(topic: &DesiredTopic) -> TopicStatus {
     TopicStatus {
         name: topic.name.clone(),
         role: topic.role.as_str().into(),
-        partitions: 0,
-        ready: false,
-        message: None,
+        ..TopicStatus::default()
     }
 }
 
-async fn execute(admin: &Arc<Admin>, topic: &DesiredTopic, step: &Step) -> Result<Change, String> {
+/// A step done: the change to report, and whether it created the topic (Kafka answered
+/// that it created it, not that it existed already).
+struct Done {
+    change: Change,
+    created: bool,
+}
+
+impl From<Change> for Done {
+    fn from(change: Change) -> Self {
+        Done { change, created: false }
+    }
+}
+
+async fn execute(admin: &Arc<Admin>, topic: &DesiredTopic, step: &Step) -> Result<Done, String> {
     let name = &topic.name;
     match step {
         Step::Create => {
@@ -480,15 +495,27 @@ async fn execute(admin: &Arc<Admin>, topic: &DesiredTopic, step: &Step) -> Resul
                 .await
                 .map_err(|e| format!("creating topic {name} failed: {e}"))?;
             match outcome.into_iter().next().map(|(_, o)| o) {
-                Some(CreateOutcome::Created | CreateOutcome::AlreadyExisted) => Ok(Change {
-                    reason: "TopicCreated",
-                    message: format!(
-                        "created {} topic {name} with {} partitions{}",
-                        topic.role.as_str(),
-                        topic.partitions,
-                        config_suffix(&topic.config)
-                    ),
+                Some(CreateOutcome::Created) => Ok(Done {
+                    change: Change {
+                        reason: "TopicCreated",
+                        message: format!(
+                            "created {} topic {name} with {} partitions{}",
+                            topic.role.as_str(),
+                            topic.partitions,
+                            config_suffix(&topic.config)
+                        ),
+                    },
+                    created: true,
                 }),
+                // Someone else created it between the look and the request: not ours.
+                Some(CreateOutcome::AlreadyExisted) => Ok(Change {
+                    reason: "TopicFound",
+                    message: format!(
+                        "{} topic {name} was created by someone else meanwhile",
+                        topic.role.as_str()
+                    ),
+                }
+                .into()),
                 Some(CreateOutcome::Failed(code)) => Err(format!("creating topic {name} failed: {code}")),
                 None => Err(format!("creating topic {name}: Kafka sent no result")),
             }
@@ -500,7 +527,8 @@ async fn execute(admin: &Arc<Admin>, topic: &DesiredTopic, step: &Step) -> Resul
             Ok(Change {
                 reason: "TopicPartitionsAdded",
                 message: format!("grew topic {name} to {count} partitions"),
-            })
+            }
+            .into())
         }
         Step::AlterConfigs { configs, drifts } => {
             admin::alter_topic_configs(admin, name, configs)
@@ -512,7 +540,8 @@ async fn execute(admin: &Arc<Admin>, topic: &DesiredTopic, step: &Step) -> Resul
                     "topic {name}: {}; altered back to the spec",
                     drifts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 ),
-            })
+            }
+            .into())
         }
     }
 }
@@ -532,10 +561,14 @@ fn config_suffix(config: &BTreeMap<String, String>) -> String {
     }
 }
 
-/// Deletes the topics of `desired` (the `Delete` deletion policy); returns the names deleted.
-pub async fn delete_topics(admin: &Arc<Admin>, desired: &[DesiredTopic]) -> Result<Vec<String>, String> {
-    let names: BTreeSet<&str> = desired.iter().map(|t| t.name.as_str()).collect();
+/// Deletes the topics `names` (the `Delete` deletion policy, after `claims::delete_plan`
+/// chose them); returns the names deleted.
+pub async fn delete_topics(admin: &Arc<Admin>, names: &[String]) -> Result<Vec<String>, String> {
+    let names: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     let names: Vec<&str> = names.into_iter().collect();
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
     admin::delete_topics(admin, &names).await.map_err(|e| e.to_string())
 }
 
@@ -770,6 +803,7 @@ mod tests {
             partitions: 1,
             ready: true,
             message: None,
+            ..TopicStatus::default()
         });
         assert!(report.all_ready());
         report.topics.push(TopicStatus {
@@ -778,6 +812,7 @@ mod tests {
             partitions: 1,
             ready: false,
             message: None,
+            ..TopicStatus::default()
         });
         assert!(!report.all_ready());
     }
