@@ -824,6 +824,39 @@ mod tests {
         );
     }
 
+    /// Paths of the objects in `schema` that could name something in another namespace:
+    /// a `name` next to a `namespace`.
+    fn cross_namespace_references(schema: &Value, path: &str, found: &mut Vec<String>) {
+        match schema {
+            Value::Object(map) => {
+                if let Some(Value::Object(properties)) = map.get("properties")
+                    && properties.contains_key("name")
+                    && properties.contains_key("namespace")
+                {
+                    found.push(path.to_owned());
+                }
+                for (key, value) in map {
+                    cross_namespace_references(value, &format!("{path}.{key}"), found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    cross_namespace_references(item, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_stays_in_the_resources_namespace() {
+        // Secrets and everything else are named without a namespace: the pods (which mount
+        // and read them) live in the resource's namespace, and so does every lookup.
+        let mut found = Vec::new();
+        cross_namespace_references(&spec_schema(), "spec", &mut found);
+        assert!(found.is_empty(), "references that can leave the namespace: {found:?}");
+    }
+
     #[test]
     fn defaults_are_in_the_schema_so_the_apiserver_fills_them() {
         let spec = spec_schema();
