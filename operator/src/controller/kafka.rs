@@ -246,8 +246,5 @@ pub(super) async fn delete_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> Resu
         format!("deleted topics {}", deleted.join(", ")),
     )
     .await;
-    if let Ok(mut created) = ctx.created.lock() {
-        created.remove(&proxy.uid().unwrap_or_default());
-    }
     Ok(())
 }

@@ -263,6 +263,9 @@ async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Act
         if let Ok(mut checks) = ctx.topic_checks.lock() {
             checks.remove(&key(proxy));
         }
+        if let Ok(mut created) = ctx.created.lock() {
+            created.remove(&proxy.uid().unwrap_or_default());
+        }
         return Ok(Action::await_change());
     }
     // The finalizer exists only while the spec asks to delete the topics: a resource that
