@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use mqtt_kafka_proxy::config::{Jwk, Mqtt, Publish, Redirect, Route};
@@ -29,6 +28,9 @@ use serde::{Deserialize, Serialize};
 
 /// API group of the resource.
 pub const GROUP: &str = "mqttkafka.io";
+/// The longest resource name: the StatefulSet's pods carry the label
+/// `controller-revision-hash=<name>-<10 characters>`, at most 63 characters.
+pub const MAX_NAME_LENGTH: usize = 52;
 /// Image used when `spec.image` is not set: the proxy of the same release as the operator.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/mqtt-kafka/mqtt-kafka-proxy:", env!("CARGO_PKG_VERSION"));
 /// Port of the proxy's `/healthz`, `/readyz` and `/metrics` (its `admin.address`).
@@ -57,6 +59,19 @@ pub const ADMIN_PORT: u16 = 9090;
     printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[kube(validation = Rule::new(
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+).message(
+    "metadata.name must start with a lower-case letter and hold only lower-case letters, digits and '-' \
+     (no dots), ending with a letter or digit: it names the Services <name>, <name>-headless and \
+     <name>-<ordinal>, which must be DNS-1035 labels"
+))]
+#[kube(validation = Rule::new(
+    "size(self.metadata.name) <= 52"
+).message(
+    "metadata.name must be at most 52 characters: it names the StatefulSet, whose pods carry the label \
+     controller-revision-hash=<name>-<10 characters>, and label values are at most 63 characters"
+))]
 #[x_kube(validation = Rule::new(
     "!self.cluster.redirect.enabled || self.mqtt.versions.exists(v, v == '5.0')"
 ).message(
@@ -156,6 +171,7 @@ fn default_listeners() -> Vec<ListenerSpec> {
         port: 1883,
         path: None,
         tls: None,
+        server_reference: None,
     }]
 }
 
@@ -386,8 +402,8 @@ pub enum TopicDeletePolicy {
 #[x_kube(validation = Rule::new("self.protocol != 'tls' || has(self.tls)")
     .message("a tls listener needs tls.secretName, a kubernetes.io/tls Secret with its certificate and key")
     .field_path(".tls"))]
-#[x_kube(validation = Rule::new("!has(self.tls) || self.protocol == 'tls'")
-    .message("tls is only allowed on a listener with protocol tls")
+#[x_kube(validation = Rule::new("!has(self.tls) || self.protocol == 'tls' || self.protocol == 'websocket'")
+    .message("tls is only allowed on a listener with protocol tls, or websocket (which makes it wss)")
     .field_path(".tls"))]
 #[x_kube(validation = Rule::new("!has(self.path) || self.protocol == 'websocket'")
     .message("path is only allowed on a listener with protocol websocket")
@@ -408,9 +424,19 @@ pub struct ListenerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(r"^/\S*$"))]
     pub path: Option<String>,
-    /// Certificate of a `tls` listener.
+    /// Certificate of a `tls` listener, or of a `websocket` listener that serves wss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsSpec>,
+    /// `host:port` template at which clients reach this listener of a pod (`{instance}` is
+    /// the pod name): MQTT 5 clients that connected on this listener are redirected there,
+    /// so a TLS or WebSocket client stays on TLS or WebSocket. Default: the host of
+    /// `cluster.serverReference` (or of the headless Service) with this listener's port;
+    /// for the first listener, `cluster.serverReference` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("self.contains('{instance}')").message("must contain {instance}, the pod name"))]
+    #[x_kube(validation = Rule::new("self.matches('^[^\\\\s:/]+:[0-9]{1,5}$')").message("must be host:port"))]
+    pub server_reference: Option<String>,
 }
 
 /// Transport of a listener: the proxy's own type, so the two cannot drift apart.
@@ -617,61 +643,6 @@ fn default_true() -> bool {
     true
 }
 
-/// Observed state.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct MqttKafkaProxyStatus {
-    /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Pods that exist (the StatefulSet's `status.replicas`); the scale subresource reads it.
-    #[serde(default)]
-    pub replicas: i32,
-    /// Pods that are ready.
-    #[serde(default)]
-    pub ready_replicas: i32,
-    /// Label selector of the pods, for the scale subresource (HPA).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<String>,
-    /// The server reference of each pod, as the pods derive it from the template.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub server_references: Vec<PodServerReference>,
-    /// The Kafka topics and whether each is as the spec asks.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub topics: Vec<TopicStatus>,
-    /// `Ready`, `TopicsReady`, `Progressing`, `Degraded`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
-    pub conditions: Vec<Condition>,
-}
-
-/// The server reference of one pod.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PodServerReference {
-    /// Pod name (the proxy's instance id).
-    pub pod: String,
-    /// `host:port` clients are redirected to for sessions this pod owns.
-    pub server_reference: String,
-}
-
-/// One Kafka topic as observed.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct TopicStatus {
-    /// Topic name.
-    pub name: String,
-    /// `sessions`, `retained` or `messages`.
-    pub role: String,
-    /// Partitions the topic has (0 when it does not exist or could not be read).
-    pub partitions: i32,
-    /// Whether the topic exists with the partitions and config of the spec.
-    pub ready: bool,
-    /// What is wrong with it, when not ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
 impl MqttKafkaProxySpec {
     /// The image to run.
     pub fn image(&self) -> &str {
@@ -684,106 +655,9 @@ impl MqttKafkaProxySpec {
     }
 }
 
+mod observed;
+
+pub use observed::{MqttKafkaProxyStatus, PodServerReference, TopicStatus};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kube::CustomResourceExt;
-    use serde_json::{Value, json};
-
-    fn crd_json() -> Value {
-        serde_json::to_value(MqttKafkaProxy::crd()).expect("crd json")
-    }
-
-    fn spec_schema() -> Value {
-        crd_json()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
-    }
-
-    fn rules(schema: &Value) -> Vec<String> {
-        schema["x-kubernetes-validations"]
-            .as_array()
-            .map(|rules| {
-                rules
-                    .iter()
-                    .map(|r| r["rule"].as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn crd_has_the_names_and_subresources_users_rely_on() {
-        let crd = MqttKafkaProxy::crd();
-        assert_eq!(crd.spec.group, GROUP);
-        assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["mkp".to_owned()][..]));
-        assert_eq!(crd.spec.scope, "Namespaced");
-        let version = &crd.spec.versions[0];
-        assert_eq!(version.name, "v1alpha1");
-        let sub = version.subresources.as_ref().expect("subresources");
-        assert!(sub.status.is_some());
-        let scale = sub.scale.as_ref().expect("scale subresource");
-        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
-        assert_eq!(scale.status_replicas_path, ".status.replicas");
-        assert_eq!(scale.label_selector_path.as_deref(), Some(".status.selector"));
-        let columns: Vec<&str> = version
-            .additional_printer_columns
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        assert_eq!(columns, ["Replicas", "Ready", "Topics", "Status", "Age"]);
-    }
-
-    #[test]
-    fn cross_field_rules_are_cel_validations_naming_the_field() {
-        let spec = spec_schema();
-        let spec_rules = rules(&spec);
-        assert!(spec_rules.iter().any(|r| r.contains("'5.0'")), "{spec_rules:?}");
-        let paths: Vec<&str> = spec["x-kubernetes-validations"]
-            .as_array()
-            .expect("rules")
-            .iter()
-            .filter_map(|r| r["fieldPath"].as_str())
-            .collect();
-        assert!(paths.contains(&".cluster.redirect.enabled"), "{paths:?}");
-        let listener = &spec["properties"]["listeners"]["items"];
-        assert!(rules(listener).iter().any(|r| r.contains("has(self.tls)")));
-        assert_eq!(spec["properties"]["listeners"]["x-kubernetes-list-type"], json!("map"));
-        assert_eq!(
-            spec["properties"]["listeners"]["x-kubernetes-list-map-keys"],
-            json!(["name"])
-        );
-        let sessions = &spec["properties"]["kafka"]["properties"]["topics"]["properties"]["sessions"];
-        assert!(rules(sessions).iter().any(|r| r.contains("cleanup.policy")));
-    }
-
-    #[test]
-    fn defaults_are_in_the_schema_so_the_apiserver_fills_them() {
-        let spec = spec_schema();
-        assert_eq!(spec["properties"]["replicas"]["default"], json!(1));
-        assert_eq!(spec["properties"]["replicas"]["minimum"].as_f64(), Some(0.0));
-        assert_eq!(
-            spec["properties"]["listeners"]["default"],
-            json!([{"name": "mqtt", "protocol": "tcp", "port": 1883}])
-        );
-    }
-
-    #[test]
-    fn a_minimal_spec_reads_with_every_default() {
-        let proxy: MqttKafkaProxy = serde_json::from_value(json!({
-            "apiVersion": "mqttkafka.io/v1alpha1",
-            "kind": "MqttKafkaProxy",
-            "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {"kafka": {"bootstrapServers": "k:9092"}}
-        }))
-        .expect("minimal spec");
-        assert_eq!(proxy.spec.replicas, 1);
-        assert_eq!(proxy.spec.image(), DEFAULT_IMAGE);
-        assert_eq!(proxy.spec.listeners, default_listeners());
-        assert_eq!(proxy.spec.kafka.topics.sessions.name, "mqtt-sessions");
-        assert_eq!(proxy.spec.kafka.topics.sessions.partitions, 12);
-        assert_eq!(proxy.spec.kafka.topics.delete_policy, TopicDeletePolicy::Retain);
-        assert!(proxy.spec.pod_disruption_budget.enabled);
-        assert!(!proxy.spec.per_pod_services_enabled());
-    }
-}
+mod tests;

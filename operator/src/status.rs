@@ -6,12 +6,14 @@
 //! unchanged world yields an equal status, which the controller does not write, so the
 //! operator does not wake itself up.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::crd::{MqttKafkaProxy, MqttKafkaProxyStatus, PodServerReference};
-use crate::resources::configmap::{SpecViolation, server_reference_template};
+use crate::crd::{MqttKafkaProxy, MqttKafkaProxyStatus, PodServerReference, TopicDeletePolicy, TopicStatus};
+use crate::resources::configmap::{SpecViolation, listener_reference_templates, server_reference_template};
 use crate::resources::{names, selector_string};
 use crate::topics::TopicReport;
 use mqtt_kafka_proxy::config::INSTANCE_PLACEHOLDER;
@@ -33,6 +35,9 @@ pub struct Observed<'a> {
     pub invalid_spec: &'a [SpecViolation],
     /// Why applying an object failed, if it did.
     pub apply_error: Option<&'a str>,
+    /// Ordinals of the pods that exist; `None` when they were not looked at (the server
+    /// references then stay as they were).
+    pub pods: Option<&'a BTreeSet<i32>>,
 }
 
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
@@ -231,7 +236,6 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
         }
     };
 
-    let template = server_reference_template(proxy);
     let conditions = [ready, topics_ready, progressing, degraded]
         .into_iter()
         .map(|mut c| {
@@ -250,19 +254,67 @@ pub fn compute(proxy: &MqttKafkaProxy, observed: Observed<'_>, now: Time) -> Mqt
         replicas: pods.as_ref().map_or(0, |p| p.existing),
         ready_replicas: pods.as_ref().map_or(0, |p| p.ready),
         selector: Some(selector),
-        server_references: (0..proxy.spec.replicas.max(0))
-            .map(|ordinal| {
-                let pod = names::pod(&name, ordinal);
-                PodServerReference {
-                    server_reference: template.replace(INSTANCE_PLACEHOLDER, &pod),
-                    pod,
-                }
-            })
-            .collect(),
-        topics: observed
-            .topics
-            .map_or_else(|| previous.topics.clone(), |report| report.topics.clone()),
+        server_references: observed.pods.map_or_else(
+            || previous.server_references.clone(),
+            |pods| server_references(proxy, pods),
+        ),
+        topics: observed.topics.map_or_else(
+            || previous.topics.clone(),
+            |report| topic_statuses(&report.topics, &previous.topics, proxy.spec.kafka.topics.delete_policy),
+        ),
         conditions,
+    }
+}
+
+/// The server references of the pods that exist (`pods`: their ordinals), not of the pods
+/// the spec wants: a pod that hands its sessions over during a scale-down keeps its
+/// address until it is gone, and a pod not yet created has none.
+pub fn server_references(proxy: &MqttKafkaProxy, pods: &BTreeSet<i32>) -> Vec<PodServerReference> {
+    let name = proxy.name_any();
+    let template = server_reference_template(proxy);
+    let listeners = listener_reference_templates(proxy);
+    pods.iter()
+        .map(|&ordinal| {
+            let pod = names::pod(&name, ordinal);
+            PodServerReference {
+                server_reference: template.replace(INSTANCE_PLACEHOLDER, &pod),
+                listeners: listeners
+                    .iter()
+                    .map(|(listener, t)| (listener.clone(), t.replace(INSTANCE_PLACEHOLDER, &pod)))
+                    .collect(),
+                pod,
+            }
+        })
+        .collect()
+}
+
+/// The topics as reported, with what the status recorded before that the report cannot
+/// know (the operator created the topic in an earlier pass), and what deletion will do.
+fn topic_statuses(reported: &[TopicStatus], previous: &[TopicStatus], policy: TopicDeletePolicy) -> Vec<TopicStatus> {
+    reported
+        .iter()
+        .map(|topic| {
+            let mut topic = topic.clone();
+            topic.created |= previous.iter().any(|p| p.name == topic.name && p.created);
+            topic.on_delete = Some(on_delete(&topic, policy));
+            topic
+        })
+        .collect()
+}
+
+/// What deleting the resource does to `topic`, for a person reading the status.
+pub fn on_delete(topic: &TopicStatus, policy: TopicDeletePolicy) -> String {
+    match (policy, &topic.claimed_by, topic.created) {
+        (_, Some(holder), _) => format!("kept: MqttKafkaProxy {holder} uses it"),
+        (TopicDeletePolicy::Retain, _, _) => "kept (deletePolicy: Retain)".into(),
+        (TopicDeletePolicy::Delete, None, true) => {
+            "deleted with this resource (the operator created it), unless another MqttKafkaProxy on the same Kafka \
+             uses it then"
+                .into()
+        }
+        (TopicDeletePolicy::Delete, None, false) => {
+            "kept: it existed before this resource; only topics the operator created are deleted".into()
+        }
     }
 }
 
@@ -319,324 +371,4 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::TopicStatus;
-    use crate::resources::tests::minimal;
-    use crate::topics::{Problem, ProblemReason};
-    use k8s_openapi::api::apps::v1::StatefulSetStatus;
-    use k8s_openapi::jiff::Timestamp;
-
-    fn at(seconds: i64) -> Time {
-        Time(Timestamp::from_second(seconds).expect("timestamp"))
-    }
-
-    fn set(generation: i64, status: StatefulSetStatus) -> StatefulSet {
-        let mut set = StatefulSet::default();
-        set.metadata.generation = Some(generation);
-        set.status = Some(status);
-        set
-    }
-
-    fn settled(replicas: i32, ready: i32) -> StatefulSet {
-        set(
-            1,
-            StatefulSetStatus {
-                observed_generation: Some(1),
-                replicas,
-                ready_replicas: Some(ready),
-                updated_replicas: Some(replicas),
-                current_revision: Some("r1".into()),
-                update_revision: Some("r1".into()),
-                ..StatefulSetStatus::default()
-            },
-        )
-    }
-
-    fn good_topics() -> TopicReport {
-        TopicReport {
-            topics: vec![TopicStatus {
-                name: "mqtt-sessions".into(),
-                role: "sessions".into(),
-                partitions: 12,
-                ready: true,
-                message: None,
-            }],
-            ..TopicReport::default()
-        }
-    }
-
-    /// Status computed from a StatefulSet and a topic report, nothing else observed.
-    fn observe(proxy: &MqttKafkaProxy, sts: &StatefulSet, topics: &TopicReport, now: Time) -> MqttKafkaProxyStatus {
-        compute(
-            proxy,
-            Observed {
-                statefulset: Some(sts),
-                topics: Some(topics),
-                ..Observed::default()
-            },
-            now,
-        )
-    }
-
-    fn get<'a>(status: &'a MqttKafkaProxyStatus, type_: &str) -> &'a Condition {
-        status.conditions.iter().find(|c| c.type_ == type_).expect("condition")
-    }
-
-    #[test]
-    fn all_ready_means_ready_and_stable() {
-        let proxy = minimal();
-        let sts = settled(1, 1);
-        let topics = good_topics();
-        let status = observe(&proxy, &sts, &topics, at(10));
-        assert_eq!(status.observed_generation, Some(3));
-        assert_eq!((status.replicas, status.ready_replicas), (1, 1));
-        assert_eq!(
-            status.selector.as_deref(),
-            Some("app.kubernetes.io/instance=mqtt,app.kubernetes.io/name=mqtt-kafka-proxy")
-        );
-        assert_eq!(
-            status.server_references,
-            [PodServerReference {
-                pod: "mqtt-0".into(),
-                server_reference: "mqtt-0.mqtt-headless.iot.svc:1883".into()
-            }]
-        );
-        assert_eq!(status.topics, topics.topics);
-        let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, [READY, TOPICS_READY, PROGRESSING, DEGRADED]);
-        assert_eq!(
-            (get(&status, READY).status.as_str(), get(&status, READY).reason.as_str()),
-            ("True", "AllPodsReady")
-        );
-        assert_eq!(get(&status, TOPICS_READY).status, "True");
-        assert_eq!(
-            (
-                get(&status, PROGRESSING).status.as_str(),
-                get(&status, PROGRESSING).reason.as_str()
-            ),
-            ("False", "Stable")
-        );
-        assert_eq!(get(&status, DEGRADED).status, "False");
-        assert!(
-            status
-                .conditions
-                .iter()
-                .all(|c| c.observed_generation == Some(3) && c.last_transition_time == at(10))
-        );
-    }
-
-    #[test]
-    fn pods_not_ready_say_where_to_look() {
-        let proxy = minimal();
-        let sts = settled(1, 0);
-        let topics = good_topics();
-        let status = observe(&proxy, &sts, &topics, at(1));
-        let ready = get(&status, READY);
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "PodsNotReady")
-        );
-        assert!(ready.message.contains("0 of 1 pods are ready"), "{}", ready.message);
-        assert!(
-            ready.message.contains("kubectl -n iot describe pod mqtt-0"),
-            "{}",
-            ready.message
-        );
-        assert_eq!(get(&status, PROGRESSING).reason, "WaitingForPods");
-        assert_eq!(
-            get(&status, DEGRADED).status,
-            "False",
-            "pods starting is not a degradation"
-        );
-    }
-
-    #[test]
-    fn rollouts_and_scaling_are_progressing() {
-        let mut proxy = minimal();
-        let topics = good_topics();
-        let unseen = set(
-            2,
-            StatefulSetStatus {
-                observed_generation: Some(1),
-                replicas: 1,
-                ..StatefulSetStatus::default()
-            },
-        );
-        let status = observe(&proxy, &unseen, &topics, at(1));
-        assert_eq!(get(&status, PROGRESSING).reason, "RollingOut");
-        let rolling = set(
-            2,
-            StatefulSetStatus {
-                observed_generation: Some(2),
-                replicas: 1,
-                updated_replicas: Some(0),
-                current_revision: Some("a".into()),
-                update_revision: Some("b".into()),
-                ..StatefulSetStatus::default()
-            },
-        );
-        let status = observe(&proxy, &rolling, &topics, at(1));
-        assert_eq!(
-            get(&status, PROGRESSING).message,
-            "0 of 1 pods run the latest pod template"
-        );
-        proxy.spec.replicas = 3;
-        let sts = settled(1, 1);
-        let status = observe(&proxy, &sts, &topics, at(1));
-        assert_eq!(
-            (
-                get(&status, PROGRESSING).reason.as_str(),
-                get(&status, PROGRESSING).message.as_str()
-            ),
-            ("Scaling", "1 pods exist, 3 wanted")
-        );
-        assert_eq!(status.server_references.len(), 3, "references follow the spec");
-        assert_eq!(status.replicas, 1, "replicas are the pods that exist");
-    }
-
-    #[test]
-    fn topic_problems_degrade_with_their_reason_and_message() {
-        let proxy = minimal();
-        let sts = settled(1, 1);
-        let mut topics = good_topics();
-        topics.problems.push(Problem {
-            topic: "mqtt-sessions".into(),
-            reason: ProblemReason::SessionsTopicNotCompacted,
-            message: "fix it with kafka-configs.sh".into(),
-        });
-        let status = observe(&proxy, &sts, &topics, at(1));
-        for type_ in [DEGRADED, TOPICS_READY, READY] {
-            let c = get(&status, type_);
-            assert_eq!(c.reason, "SessionsTopicNotCompacted", "{type_}");
-            assert!(c.message.contains("kafka-configs.sh"), "{type_}");
-        }
-        assert_eq!(get(&status, DEGRADED).status, "True");
-        assert_eq!(get(&status, TOPICS_READY).status, "False");
-    }
-
-    #[test]
-    fn kafka_unreachable_and_invalid_spec_are_reported() {
-        let proxy = minimal();
-        let unreachable = TopicReport::failed(&[], "KafkaUnreachable", "cannot read topic x".into());
-        let status = compute(
-            &proxy,
-            Observed {
-                topics: Some(&unreachable),
-                ..Observed::default()
-            },
-            at(1),
-        );
-        assert_eq!(get(&status, TOPICS_READY).reason, "KafkaUnreachable");
-        assert_eq!(get(&status, DEGRADED).reason, "KafkaUnreachable");
-        assert!(get(&status, TOPICS_READY).message.contains("cannot read topic x"));
-        assert_eq!(get(&status, PROGRESSING).reason, "Creating");
-
-        let violations = [SpecViolation {
-            path: "spec.clients[0]".into(),
-            message: "must contain {identity}".into(),
-        }];
-        let status = compute(
-            &proxy,
-            Observed {
-                invalid_spec: &violations,
-                ..Observed::default()
-            },
-            at(1),
-        );
-        let degraded = get(&status, DEGRADED);
-        assert_eq!(
-            (degraded.status.as_str(), degraded.reason.as_str()),
-            ("True", "InvalidSpec")
-        );
-        assert!(degraded.message.contains("spec.clients[0]: must contain {identity}"));
-        assert_eq!(get(&status, TOPICS_READY).status, "Unknown");
-        assert_eq!(get(&status, READY).reason, "InvalidSpec");
-
-        let status = compute(
-            &proxy,
-            Observed {
-                apply_error: Some("applying StatefulSet mqtt: forbidden"),
-                topics: Some(&good_topics()),
-                ..Observed::default()
-            },
-            at(1),
-        );
-        assert_eq!(get(&status, DEGRADED).reason, "ApplyFailed");
-    }
-
-    #[test]
-    fn an_unchanged_world_gives_an_equal_status() {
-        let mut proxy = minimal();
-        let sts = settled(1, 0);
-        let topics = good_topics();
-        let observed = Observed {
-            statefulset: Some(&sts),
-            topics: Some(&topics),
-            ..Observed::default()
-        };
-        let first = compute(&proxy, observed, at(1));
-        proxy.status = Some(first.clone());
-        let second = compute(&proxy, observed, at(99));
-        assert_eq!(first, second, "no write, so no event, so no reconcile loop");
-        let ready_sts = settled(1, 1);
-        let third = compute(
-            &proxy,
-            Observed {
-                statefulset: Some(&ready_sts),
-                ..observed
-            },
-            at(99),
-        );
-        assert_eq!(get(&third, READY).last_transition_time, at(99), "Ready flipped");
-        assert_eq!(
-            get(&third, TOPICS_READY).last_transition_time,
-            at(1),
-            "TopicsReady did not"
-        );
-    }
-
-    #[test]
-    fn transitions_become_events() {
-        let proxy = minimal();
-        let sts = settled(1, 0);
-        let topics = good_topics();
-        let starting = observe(&proxy, &sts, &topics, at(1));
-        let first = transitions(&[], &starting.conditions);
-        let reasons: Vec<&str> = first.iter().map(|t| t.reason.as_str()).collect();
-        assert!(
-            reasons.is_empty(),
-            "a new resource waiting for its pods is not news: {reasons:?}"
-        );
-        assert!(transitions(&starting.conditions, &starting.conditions).is_empty());
-
-        let ready_sts = settled(1, 1);
-        let ready = observe(&proxy, &ready_sts, &topics, at(2));
-        let events = transitions(&starting.conditions, &ready.conditions);
-        assert!(events.contains(&Transition {
-            severity: Severity::Normal,
-            reason: "AllPodsReady".into(),
-            note: "all 1 pods are ready and the topics exist as specified".into()
-        }));
-
-        let mut bad = topics.clone();
-        bad.problems.push(Problem {
-            topic: "t".into(),
-            reason: ProblemReason::TopicConfigDrift,
-            message: "drift".into(),
-        });
-        let degraded = observe(&proxy, &ready_sts, &bad, at(3));
-        let events = transitions(&ready.conditions, &degraded.conditions);
-        assert!(
-            events
-                .iter()
-                .any(|e| e.severity == Severity::Warning && e.reason == "TopicConfigDrift")
-        );
-        let recovered = transitions(&degraded.conditions, &ready.conditions);
-        assert!(
-            recovered
-                .iter()
-                .any(|e| e.severity == Severity::Normal && e.reason == "Recovered")
-        );
-    }
-}
+mod tests;

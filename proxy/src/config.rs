@@ -204,6 +204,13 @@ pub struct Listener {
     /// Certificate and key of a `tls` listener; required for `tls`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+    /// `host:port` template at which clients reach this listener of this process
+    /// (`{instance}` is replaced by the instance id). An MQTT 5 client redirected to
+    /// another process is sent to that process's reference for the listener it came in
+    /// on, so a TLS or WebSocket client stays on TLS or WebSocket. Default:
+    /// `cluster.serverReference`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_reference: Option<String>,
 }
 
 /// Transport of a [`Listener`].
@@ -699,6 +706,7 @@ fn default_listeners() -> Vec<Listener> {
         address: "0.0.0.0:1883".to_owned(),
         path: None,
         tls: None,
+        server_reference: None,
     }]
 }
 
@@ -772,6 +780,19 @@ impl Config {
             .server_reference
             .as_ref()
             .map(|template| template.replace(INSTANCE_PLACEHOLDER, instance_id))
+    }
+
+    /// This process's server reference for each listener that has a template of its own
+    /// (`listeners[].serverReference`), by listener name; the others use
+    /// [`Config::server_reference`].
+    pub fn listener_server_references(&self, instance_id: &str) -> BTreeMap<String, String> {
+        self.listeners
+            .iter()
+            .filter_map(|l| {
+                let template = l.server_reference.as_ref()?;
+                Some((l.name.clone(), template.replace(INSTANCE_PLACEHOLDER, instance_id)))
+            })
+            .collect()
     }
 
     /// Checks every rule the types cannot express; reports all violations at once.
@@ -906,6 +927,11 @@ impl Config {
                     ),
                 ),
                 (_, None) => {}
+            }
+            if let Some(template) = &listener.server_reference
+                && let Err(msg) = check_host_port(&template.replace(INSTANCE_PLACEHOLDER, "proxy-0"))
+            {
+                v.err(at("serverReference"), format!("{msg}, got {template:?}"));
             }
             if let Some(path) = &listener.path {
                 if listener.protocol != ListenerProtocol::Websocket {
@@ -1519,6 +1545,12 @@ mod tests {
         assert_eq!(config.server_reference("a-1"), None);
         config.cluster.server_reference = Some("{instance}.svc:1883".to_owned());
         assert_eq!(config.server_reference("a-1").as_deref(), Some("a-1.svc:1883"));
+        assert!(config.listener_server_references("a-1").is_empty());
+        config.listeners[0].server_reference = Some("{instance}.tls.svc:8883".to_owned());
+        assert_eq!(
+            config.listener_server_references("a-1"),
+            BTreeMap::from([("mqtt".to_owned(), "a-1.tls.svc:8883".to_owned())])
+        );
     }
 
     #[test]
@@ -1714,6 +1746,9 @@ mod tests {
         ) => "routes[0].guarded.jwt[0]", "role must not be empty";
         server_reference_without_port: with("cluster: {serverReference: '{instance}.svc'}\n")
             => "cluster.serverReference", "must be host:port";
+        listener_server_reference_without_port: with(
+            "listeners:\n  - {name: a, address: \"0.0.0.0:1\", serverReference: '{instance}.svc'}\n"
+        ) => "listeners[0].serverReference", "must be host:port";
         redirect_without_server_reference: with("cluster: {redirect: {enabled: true}}\n")
             => "cluster.serverReference", "required when cluster.redirect.enabled";
         redirect_bad_reason_code: with("cluster: {redirect: {reasonCode: 0x87}}\n")

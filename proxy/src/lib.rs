@@ -18,3 +18,4 @@ pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod server;
+pub mod signals;

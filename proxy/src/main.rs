@@ -1,11 +1,13 @@
 //! CLI and wiring of mqtt-kafka-proxy.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use mqtt_kafka_proxy::config::{Config, Kafka};
 use mqtt_kafka_proxy::server::{self, StartOptions};
+use mqtt_kafka_proxy::signals::Signals;
 
 /// An MQTT 3.1.1 / 5.0 broker whose messages live in Kafka.
 #[derive(Debug, Parser)]
@@ -51,8 +53,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
@@ -66,6 +67,10 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", config.to_yaml()?);
         return Ok(());
     }
+    // Before anything that can wait on Kafka: a signal during start-up (Kafka unreachable,
+    // set-up retrying) ends the process at once instead of being ignored until the grace
+    // period runs out.
+    let signals = Signals::install().context("installing the SIGTERM / SIGINT handlers")?;
     let options = StartOptions {
         create_topics: cli.create_topics,
         partitions: cli.partitions,
@@ -73,35 +78,26 @@ async fn main() -> anyhow::Result<()> {
         metadata_refresh: None,
         client_policy: None,
     };
-    // A signal during start-up (Kafka unreachable and set-up retrying) ends the process
-    // at once instead of being ignored until the grace period runs out.
-    let server = tokio::select! {
-        started = server::start(config, options) => started.context("starting the proxy")?,
-        _ = shutdown_signal() => {
-            tracing::info!("stopped before start-up completed");
-            return Ok(());
-        }
-    };
-    tracing::info!(mqtt = ?server.mqtt_addresses, admin = %server.admin_address, "mqtt-kafka-proxy running");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    server.shutdown().await;
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(config, options, signals));
+    // Blocking Kafka calls still under way (a metadata request waiting for its timeout)
+    // do not hold the exit back.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+async fn serve(config: Config, options: StartOptions, mut signals: Signals) -> anyhow::Result<()> {
+    let server = server::start(config, options).await.context("starting the proxy")?;
+    if !signals.serving() {
+        // A signal came as start-up completed: the signal thread is ending the process.
+        return std::future::pending().await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    tracing::info!(mqtt = ?server.mqtt_addresses, admin = %server.admin_address, "mqtt-kafka-proxy running");
+    signals.stopped().await;
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
 }

@@ -10,12 +10,15 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::cluster::membership::{DEAD_AFTER, HEARTBEAT_EVERY};
+use crate::cluster::membership::{DEAD_AFTER, HEARTBEAT_EVERY, ServerReferences};
 use crate::cluster::ownership::{self, Placement};
 use crate::hub::{Hub, Kick};
 use crate::kafka::sessions::SessionStore;
 use crate::mqtt::connect::Limits;
 use crate::mqtt::session;
+
+/// How long leaving waits for the departure record to be written.
+const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often the mover looks for clients to move.
 const MOVE_EVERY: Duration = Duration::from_millis(100);
@@ -26,7 +29,7 @@ pub fn spawn(
     hub: Arc<Hub>,
     store: Arc<SessionStore>,
     limits: Arc<Limits>,
-    server_reference: Option<String>,
+    references: ServerReferences,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
@@ -34,7 +37,7 @@ pub fn spawn(
         let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
         loop {
             tick.tick().await;
-            if let Err(error) = s.heartbeat(server_reference.clone(), h.shares()).await {
+            if let Err(error) = s.heartbeat(&references, h.shares()).await {
                 tracing::warn!(%error, "heartbeat not written");
             }
             let owned = s.owners(None).iter().filter(|o| *o == s.instance()).count();
@@ -88,17 +91,17 @@ fn kick_misplaced(
     otherwise: Option<u8>,
 ) -> usize {
     let mut told = 0;
-    for (id, client_id, mqtt5) in hub.connections() {
+    for connection in hub.connections() {
         if told >= usize::try_from(budget).unwrap_or(usize::MAX) {
             break;
         }
         let placement = ownership::place(
-            store.partition_of(&client_id),
+            store.partition_of(&connection.client_id),
             owners,
             store.instance(),
             true,
-            mqtt5,
-            |i| store.reference_of(i),
+            connection.mqtt5,
+            |i| store.reference_of(i, &connection.listener),
         );
         let kick = match (placement, otherwise) {
             (Placement::Elsewhere(reference), _) => Kick {
@@ -111,7 +114,7 @@ fn kick_misplaced(
             },
             (Placement::Here, None) => continue,
         };
-        hub.kick(id, kick);
+        hub.kick(connection.id, kick);
         told += 1;
     }
     told
@@ -123,8 +126,14 @@ fn kick_misplaced(
 /// returns once they are closed (sessions stored) or `grace` is over.
 pub async fn leave(hub: &Arc<Hub>, store: &Arc<SessionStore>, limits: &Limits, grace: Duration) {
     let deadline = Instant::now() + grace;
-    if let Err(error) = store.leave().await {
-        tracing::warn!(%error, "departure not written; the others notice in a few seconds");
+    // Bounded: with Kafka unreachable the write would wait for the producer's delivery
+    // timeout, and the hand-over below still has connections to end.
+    match tokio::time::timeout(LEAVE_WRITE_TIMEOUT.min(grace), store.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "departure not written; the others notice in a few seconds"),
+        Err(_) => tracing::warn!(
+            "departure not written in time (Kafka slow or unreachable); the others notice in a few seconds"
+        ),
     }
     let owners = store.owners(Some(store.instance()));
     let reason = limits.redirect.unwrap_or(0x9C);

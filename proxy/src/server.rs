@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, KAFKA_SETUP, Readiness};
 use crate::broker::identity::{IdentityPatterns, PatternError};
 use crate::broker::routes::{Condition, Route, RouteError, RouteTable};
+use crate::cluster::membership::ServerReferences;
 use crate::config::{Config, ConfigError, ListenerProtocol, RouteCondition};
 use crate::hub::Hub;
 use crate::kafka::admin::{self as kafka_admin, AdminError};
@@ -96,24 +97,35 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// How long SIGTERM waits for connections to be handed over (Kubernetes' default grace
-/// period is 30 s).
+/// How long SIGTERM may take in all (Kubernetes' default grace period is 30 s; the
+/// operator gives 60 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Of that, how long connections get to be handed over; the rest lets Kafka deliver what
+/// is queued.
+const HAND_OVER_GRACE: Duration = Duration::from_secs(20);
+/// The producer's last flush gets at least this long.
+const FLUSH_AT_LEAST: Duration = Duration::from_secs(2);
 
 impl Server {
     /// Stops accepting, leaves the cluster and hands every connection over (DISCONNECT,
     /// with the new owner's Server Reference for MQTT 5 clients when redirects are on),
     /// then lets Kafka deliver what is queued.
+    /// Everything together takes at most `SHUTDOWN_GRACE` plus `FLUSH_AT_LEAST`, also when
+    /// Kafka cannot be reached.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         for task in &self.listener_tasks {
             task.abort();
         }
-        crate::node::leave(&self.hub, &self.sessions, &self.limits, SHUTDOWN_GRACE).await;
+        crate::node::leave(&self.hub, &self.sessions, &self.limits, HAND_OVER_GRACE).await;
         for task in &self.tasks {
             task.abort();
         }
         let publisher = Arc::clone(&self.publisher);
-        let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(10))).await;
+        let flush = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(FLUSH_AT_LEAST);
+        let _ = tokio::task::spawn_blocking(move || publisher.flush(flush)).await;
     }
 }
 
@@ -397,13 +409,17 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         Arc::clone(&hub),
         Arc::clone(&sessions),
         Arc::clone(&limits),
-        config.server_reference(&instance),
+        ServerReferences {
+            default: config.server_reference(&instance),
+            by_listener: config.listener_server_references(&instance),
+        },
     ));
     let shared = Shared {
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
         replayer,
         instance: Arc::from(config.effective_instance_id().as_str()),
+        listener: Arc::from(""),
         limits: Arc::clone(&limits),
         connections: Arc::new(AtomicUsize::new(0)),
     };
@@ -428,7 +444,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         })?;
         tracing::info!(listener = %l.name, protocol = l.protocol.as_str(), address = %bound, "MQTT listener ready");
         server.mqtt_addresses.push(bound);
-        let shared = shared.clone();
+        let shared = Shared {
+            listener: Arc::from(l.name.as_str()),
+            ..shared.clone()
+        };
         server.listener_tasks.push(match transport {
             Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
             Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),

@@ -30,6 +30,42 @@ async fn mqtt5_clients_are_redirected_to_the_owner_of_their_session() {
     assert_eq!(served_by.len(), 3, "every process owns some of them: {served_by:?}");
 }
 
+/// The reason code and Server Reference of the CONNACK `id` gets on `port`.
+async fn connack_on(port: u16, id: &str) -> (u8, Option<String>) {
+    let mut peer = RawPeer {
+        stream: TcpStream::connect(("127.0.0.1", port)).await.expect("connect"),
+    };
+    peer.send(&connect_packet(id, true, 0, None)).await;
+    let connack = peer.read_packet().await.expect("CONNACK");
+    reason_and_reference(&connack)
+}
+
+#[tokio::test]
+async fn a_client_is_redirected_to_the_owners_listener_of_the_kind_it_connected_on() {
+    let cluster = TestCluster::start_custom(2, true, true).await;
+    let (first, second) = (&cluster.procs[0], &cluster.procs[1]);
+    let mut redirected = 0;
+    for i in 0..12 {
+        let id = format!("kind-{i}");
+        // On the listener with a reference of its own: the owner's same listener.
+        match connack_on(first.alt, &id).await {
+            (0, _) => continue,
+            (0x9C, reference) => {
+                assert_eq!(reference, Some(format!("127.0.0.1:{}", second.alt)), "{id}");
+                redirected += 1;
+            }
+            other => panic!("{id}: CONNACK {other:?}"),
+        }
+        // On the listener without: the owner's single reference.
+        assert_eq!(
+            connack_on(first.port, &id).await,
+            (0x9C, Some(second.reference())),
+            "{id}"
+        );
+    }
+    assert!(redirected > 0, "some of 12 clients belong to the other process");
+}
+
 #[tokio::test]
 async fn a_killed_process_loses_its_partitions_and_its_clients_wills_fire_elsewhere() {
     let mut cluster = TestCluster::start(3).await;

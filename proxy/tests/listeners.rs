@@ -84,6 +84,7 @@ fn listener(name: &str, protocol: ListenerProtocol, tls: Option<Tls>) -> Listene
         address: "127.0.0.1:0".into(),
         path: None,
         tls,
+        server_reference: None,
     }
 }
 

@@ -131,3 +131,136 @@ async fn a_sessions_topic_that_is_not_compacted_is_refused_with_the_fix() {
     );
     assert!(error.contains("kafka-configs.sh"), "says how to fix it: {error}");
 }
+
+/// A config for the binary: Kafka at `bootstrap`, the admin endpoint on `admin_port`, the
+/// MQTT listener on any free port.
+fn binary_config(bootstrap: &str, admin_port: u16) -> std::path::PathBuf {
+    write_config(&format!(
+        "kafka: {{bootstrapServers: \"{bootstrap}\"}}\nadmin: {{address: \"127.0.0.1:{admin_port}\"}}\n\
+         listeners:\n  - {{name: mqtt, address: \"127.0.0.1:0\"}}\n"
+    ))
+}
+
+/// `/readyz` of the admin endpoint on `port`, once it answers (within 10 s).
+fn readyz(port: u16) -> String {
+    use std::io::{Read, Write};
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            continue;
+        }
+        let mut answer = String::new();
+        if s.read_to_string(&mut answer).is_ok() && !answer.is_empty() {
+            return answer;
+        }
+    }
+    panic!("the admin endpoint on port {port} never answered");
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Starts the binary against `bootstrap`, waits until it reports Kafka unreachable (so it
+/// is in its set-up retry loop), waits `after` more, sends `signal` and expects a clean
+/// exit within 5 s.
+fn exits_cleanly_on_signal_while_kafka_is_unreachable(bootstrap: &str, signal: &str, after: Duration) {
+    let admin_port = free_port();
+    let config = binary_config(bootstrap, admin_port);
+    let mut child = Command::new(PROXY)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the proxy");
+    let answer = readyz(admin_port);
+    if !(answer.starts_with("HTTP/1.1 503") && answer.contains("Kafka")) {
+        let _ = child.kill();
+        panic!("expected readiness false naming Kafka, got {answer}");
+    }
+    std::thread::sleep(after);
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the proxy exited before the signal"
+    );
+    let sent = Command::new("kill")
+        .arg("-s")
+        .arg(signal)
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -s {signal}");
+    let signalled = std::time::Instant::now();
+    let status = wait_for_exit(&mut child, Duration::from_secs(5));
+    let Some(status) = status else {
+        let _ = child.kill();
+        let output = child.wait_with_output().expect("wait");
+        panic!(
+            "still running 5 s after SIG{signal} (bootstrap {bootstrap}); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        status.success(),
+        "SIG{signal} ends the process with success, got {status} after {:?}; stderr:\n{}",
+        signalled.elapsed(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn sigterm_ends_the_process_cleanly_while_kafka_refuses_connections() {
+    // Nothing listens on port 1: every connection is refused at once.
+    exits_cleanly_on_signal_while_kafka_is_unreachable("127.0.0.1:1", "TERM", Duration::from_millis(1500));
+}
+
+#[test]
+fn sigint_ends_the_process_cleanly_while_kafka_refuses_connections() {
+    exits_cleanly_on_signal_while_kafka_is_unreachable("127.0.0.1:1", "INT", Duration::from_millis(300));
+}
+
+/// A "Kafka" that accepts connections and never answers: librdkafka requests wait for
+/// their whole timeout, which is where a blocking call would hold a signal back.
+fn silent_kafka() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let accepting = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+            if held.len() > 200 {
+                break;
+            }
+        }
+    });
+    (address, accepting)
+}
+
+#[test]
+fn sigterm_ends_the_process_cleanly_while_kafka_accepts_but_never_answers() {
+    let (bootstrap, _accepting) = silent_kafka();
+    exits_cleanly_on_signal_while_kafka_is_unreachable(&bootstrap, "TERM", Duration::from_millis(2500));
+}
+
+#[test]
+fn sigint_ends_the_process_cleanly_while_kafka_accepts_but_never_answers() {
+    let (bootstrap, _accepting) = silent_kafka();
+    exits_cleanly_on_signal_while_kafka_is_unreachable(&bootstrap, "INT", Duration::from_millis(500));
+}

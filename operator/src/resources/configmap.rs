@@ -120,6 +120,29 @@ pub fn server_reference_template(proxy: &MqttKafkaProxy) -> String {
         .unwrap_or_else(|| default_server_reference(proxy))
 }
 
+/// The server reference template of each listener, in spec order: the listener's own, or
+/// for the first listener the cluster template, for the others the cluster template's host
+/// with the listener's port (per-pod and headless Services expose every listener on its
+/// own port, so the same host serves them all).
+pub fn listener_reference_templates(proxy: &MqttKafkaProxy) -> Vec<(String, String)> {
+    let cluster = server_reference_template(proxy);
+    let host = cluster.rsplit_once(':').map_or(cluster.as_str(), |(host, _)| host);
+    proxy
+        .spec
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let template = match &l.server_reference {
+                Some(own) => own.clone(),
+                None if i == 0 => cluster.clone(),
+                None => format!("{host}:{}", l.port),
+            };
+            (l.name.clone(), template)
+        })
+        .collect()
+}
+
 /// The proxy config for `proxy`, not yet validated. It holds nothing that depends on the
 /// replica count or the pod, so one ConfigMap serves every pod and scaling rolls nothing.
 pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
@@ -131,10 +154,12 @@ pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
         .map(|p| (p.property.to_owned(), p.variable.to_owned()))
         .collect();
     let mut config = Config::new(kafka);
+    let references = listener_reference_templates(proxy);
     config.listeners = spec
         .listeners
         .iter()
-        .map(|l| Listener {
+        .zip(references)
+        .map(|(l, (_, reference))| Listener {
             name: l.name.clone(),
             protocol: l.protocol,
             address: format!("0.0.0.0:{}", l.port),
@@ -143,6 +168,7 @@ pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
                 cert_file: format!("{TLS_DIR}/{}/tls.crt", l.name),
                 key_file: format!("{TLS_DIR}/{}/tls.key", l.name),
             }),
+            server_reference: Some(reference),
         })
         .collect();
     config.admin = Admin {
@@ -374,6 +400,66 @@ mod tests {
         assert_eq!(
             config.server_reference("mqtt-1").as_deref(),
             Some("mqtt-1.example.com:1883")
+        );
+    }
+
+    #[test]
+    fn each_listener_gets_a_server_reference_of_its_own_kind() {
+        let proxy = proxy(json!({
+            "kafka": {"bootstrapServers": "k:9092"},
+            "listeners": [
+                {"name": "mqtt", "port": 1883},
+                {"name": "mqtts", "protocol": "tls", "port": 8883, "tls": {"secretName": "cert"}},
+                {"name": "wss", "protocol": "websocket", "port": 8443, "tls": {"secretName": "cert"},
+                 "serverReference": "{instance}.ws.example.com:443"}
+            ]
+        }));
+        let config = render(&proxy).expect("valid").config;
+        let references: Vec<(&str, Option<&str>)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l.server_reference.as_deref()))
+            .collect();
+        assert_eq!(
+            references,
+            [
+                ("mqtt", Some("{instance}.mqtt-headless.iot.svc:1883")),
+                ("mqtts", Some("{instance}.mqtt-headless.iot.svc:8883")),
+                ("wss", Some("{instance}.ws.example.com:443")),
+            ]
+        );
+        assert_eq!(
+            config.cluster.server_reference.as_deref(),
+            Some("{instance}.mqtt-headless.iot.svc:1883"),
+            "the single reference stays the first listener's, for older proxies"
+        );
+        let wss = &config.listeners[2];
+        assert_eq!(wss.protocol, ListenerProtocol::Websocket);
+        assert_eq!(
+            wss.tls.as_ref().map(|t| t.cert_file.as_str()),
+            Some("/etc/mqtt-kafka/tls/wss/tls.crt"),
+            "a websocket listener with tls serves wss"
+        );
+        assert_eq!(
+            config.listener_server_references("mqtt-1")["mqtts"],
+            "mqtt-1.mqtt-headless.iot.svc:8883"
+        );
+    }
+
+    #[test]
+    fn a_custom_cluster_reference_keeps_its_host_for_the_other_listeners() {
+        let proxy = proxy(json!({
+            "kafka": {"bootstrapServers": "k:9092"},
+            "cluster": {"serverReference": "{instance}.mqtt.example.com:31883"},
+            "listeners": [{"name": "mqtt", "port": 1883}, {"name": "ws", "protocol": "websocket", "port": 8080}]
+        }));
+        let templates = listener_reference_templates(&proxy);
+        assert_eq!(
+            templates,
+            [
+                ("mqtt".to_owned(), "{instance}.mqtt.example.com:31883".to_owned()),
+                ("ws".to_owned(), "{instance}.mqtt.example.com:8080".to_owned()),
+            ]
         );
     }
 

@@ -8,7 +8,7 @@ pub mod serviceaccount;
 pub mod services;
 pub mod statefulset;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -55,6 +55,24 @@ pub mod names {
     pub fn pod(name: &str, ordinal: i32) -> String {
         format!("{name}-{ordinal}")
     }
+}
+
+/// The ordinals of the pods of `name` that exist (starting, running or terminating), from
+/// their names `<name>-<ordinal>`; other names are ignored.
+pub fn pod_ordinals<'a>(name: &str, pods: impl IntoIterator<Item = &'a str>) -> BTreeSet<i32> {
+    let prefix = format!("{name}-");
+    pods.into_iter()
+        .filter_map(|pod| pod.strip_prefix(&prefix))
+        .filter(|ordinal| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|ordinal| ordinal.parse().ok())
+        .collect()
+}
+
+/// The ordinals that get a per-pod Service: every pod that exists (one that is handing its
+/// sessions over during a scale-down keeps its address until it is gone) and every pod the
+/// spec wants (its Service, and so its address, is ready before the pod starts).
+pub fn per_pod_ordinals(replicas: i32, existing: &BTreeSet<i32>) -> BTreeSet<i32> {
+    existing.iter().copied().chain(0..replicas.max(0)).collect()
 }
 
 /// Labels that select the pods of `name` (immutable once the StatefulSet exists).
@@ -204,6 +222,31 @@ pub(crate) mod tests {
             owned_selector("mqtt"),
             "app.kubernetes.io/instance=mqtt,app.kubernetes.io/managed-by=mqtt-kafka-operator"
         );
+    }
+
+    #[test]
+    fn pod_ordinals_come_from_the_names_of_the_pods_that_exist() {
+        let pods = [
+            "mqtt-0",
+            "mqtt-2",
+            "mqtt-10",
+            "mqtt-x",
+            "mqtt-",
+            "mqtt-web-1",
+            "other-1",
+            "mqtt--1",
+            "mqtt-+3",
+        ];
+        assert_eq!(pod_ordinals("mqtt", pods), BTreeSet::from([0, 2, 10]));
+    }
+
+    #[test]
+    fn per_pod_ordinals_keep_pods_that_still_exist_after_a_scale_down() {
+        // Scaled from 3 to 1: mqtt-2 is handing its sessions over, mqtt-1 is gone already.
+        assert_eq!(per_pod_ordinals(1, &BTreeSet::from([0, 2])), BTreeSet::from([0, 2]));
+        // Scaled up: the new pods get their Services before they exist.
+        assert_eq!(per_pod_ordinals(3, &BTreeSet::from([0])), BTreeSet::from([0, 1, 2]));
+        assert!(per_pod_ordinals(0, &BTreeSet::new()).is_empty());
     }
 
     #[test]

@@ -86,15 +86,17 @@ pub fn client(proxy: &MqttKafkaProxy) -> Service {
     }
 }
 
-/// One Service per pod `0..replicas`, selecting that pod only; `{instance}` in annotation
+/// One Service per pod of `ordinals` (see `resources::per_pod_ordinals`: the pods that
+/// exist and those the spec wants), selecting that pod only; `{instance}` in annotation
 /// values becomes the pod name. Empty unless `spec.perPodServices.enabled`.
-pub fn per_pod(proxy: &MqttKafkaProxy) -> Vec<Service> {
+pub fn per_pod(proxy: &MqttKafkaProxy, ordinals: &BTreeSet<i32>) -> Vec<Service> {
     let Some(per_pod) = proxy.spec.per_pod_services.as_ref().filter(|p| p.enabled) else {
         return Vec::new();
     };
     let name = proxy.name_any();
-    (0..proxy.spec.replicas.max(0))
-        .map(|ordinal| {
+    ordinals
+        .iter()
+        .map(|&ordinal| {
             let pod = names::pod(&name, ordinal);
             let mut meta = metadata(proxy, pod.clone(), "pod-service");
             if !per_pod.annotations.is_empty() {
@@ -126,9 +128,13 @@ pub fn per_pod(proxy: &MqttKafkaProxy) -> Vec<Service> {
         .collect()
 }
 
-/// Names of the per-pod Services `spec` wants (to delete the others after scaling down).
-pub fn per_pod_names(proxy: &MqttKafkaProxy) -> BTreeSet<String> {
-    per_pod(proxy).into_iter().filter_map(|s| s.metadata.name).collect()
+/// Names of the per-pod Services wanted for `ordinals` (to delete the others once their
+/// pods are gone).
+pub fn per_pod_names(proxy: &MqttKafkaProxy, ordinals: &BTreeSet<i32>) -> BTreeSet<String> {
+    per_pod(proxy, ordinals)
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect()
 }
 
 #[cfg(test)]
@@ -197,14 +203,15 @@ mod tests {
     }
 
     #[test]
-    fn per_pod_services_follow_the_replica_count_and_template_annotations() {
+    fn per_pod_services_follow_the_pods_and_template_annotations() {
         let mut proxy = proxy(json!({
             "replicas": 3,
             "kafka": {"bootstrapServers": "k:9092"},
             "cluster": {"serverReference": "{instance}.mqtt.example.com:1883"},
             "perPodServices": {"enabled": true, "annotations": {"external-dns.alpha.kubernetes.io/hostname": "{instance}.mqtt.example.com"}}
         }));
-        let services = per_pod(&proxy);
+        let wanted = crate::resources::per_pod_ordinals(3, &BTreeSet::new());
+        let services = per_pod(&proxy, &wanted);
         let names: Vec<_> = services.iter().filter_map(|s| s.metadata.name.clone()).collect();
         assert_eq!(names, ["mqtt-0", "mqtt-1", "mqtt-2"]);
         let second = &services[1];
@@ -216,9 +223,14 @@ mod tests {
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
         assert_eq!(spec.selector.as_ref().expect("selector")[LABEL_POD_NAME], "mqtt-1");
         assert!(is_owned_by(&second.metadata, "uid-1"));
+        // Scaled down to 1 while mqtt-2 still hands its sessions over.
         proxy.spec.replicas = 1;
-        assert_eq!(per_pod_names(&proxy).into_iter().collect::<Vec<_>>(), ["mqtt-0"]);
+        let ordinals = crate::resources::per_pod_ordinals(1, &BTreeSet::from([0, 2]));
+        assert_eq!(
+            per_pod_names(&proxy, &ordinals).into_iter().collect::<Vec<_>>(),
+            ["mqtt-0", "mqtt-2"]
+        );
         proxy.spec.per_pod_services = None;
-        assert!(per_pod(&proxy).is_empty());
+        assert!(per_pod(&proxy, &ordinals).is_empty());
     }
 }

@@ -57,6 +57,15 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
             &["spec.cluster.redirect.enabled", "needs cluster.serverReference"],
         ),
         (
+            "listener-reference-without-instance",
+            with(
+                base.clone(),
+                "listeners",
+                json!([{"name": "mqtt", "port": 1883, "serverReference": "mqtt.example.com:1883"}]),
+            ),
+            &["spec.listeners[0].serverReference", "must contain {instance}"],
+        ),
+        (
             "tls-without-secret",
             with(
                 base.clone(),
@@ -194,6 +203,40 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
         }
         other => panic!("an unknown field was not refused: {other:?}"),
     }
+
+    // Names that cannot become object names are refused naming the limit, not later as
+    // ApplyFailed.
+    let long = format!("p{}", "x".repeat(52));
+    let names: [(&str, &[&str]); 3] = [
+        ("with.dot", &["metadata.name", "no dots"]),
+        ("1leading-digit", &["metadata.name", "start with a lower-case letter"]),
+        (
+            &long,
+            &["metadata.name", "at most 52 characters", "controller-revision-hash"],
+        ),
+    ];
+    for (name, fragments) in names {
+        let message = rejection(&env, name, base.clone()).await;
+        for fragment in fragments {
+            assert!(message.contains(fragment), "{name}: {fragment:?} not in {message:?}");
+        }
+    }
+    // 52 characters are fine.
+    env.apply(&format!("p{}", "x".repeat(51)), base.clone()).await;
+    // wss: a websocket listener with tls, and a server reference of its own.
+    env.apply(
+        "wss",
+        with(
+            base.clone(),
+            "listeners",
+            json!([
+                {"name": "mqtt", "port": 1883},
+                {"name": "wss", "protocol": "websocket", "port": 8443, "tls": {"secretName": "cert"},
+                 "serverReference": "{instance}.ws.example.com:443"}
+            ]),
+        ),
+    )
+    .await;
 
     // The base spec itself is accepted.
     env.apply("p", base).await;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -402,13 +402,46 @@ async fn kubectl_scale_changes_replicas_status_and_per_pod_services_and_an_hpa_c
         json!("app.kubernetes.io/instance=p,app.kubernetes.io/name=mqtt-kafka-proxy")
     );
 
-    // Scaling down deletes the per-pod Services of the pods that went away.
+    // Scaling down: a pod that is still terminating (handing its sessions over; here a
+    // finalizer holds it) keeps its per-pod Service and its server reference until it is
+    // gone; the Services of the pods that went away are deleted.
+    let pods = env.api::<Pod>();
+    let hold = json!({"metadata": {"finalizers": ["mqttkafka.io/test-hold"]}});
+    pods.patch("p-2", &PatchParams::default(), &Patch::Merge(&hold))
+        .await
+        .expect("hold p-2");
     kubectl(&["-n", &env.namespace, "scale", "mkp/p", "--replicas=1"]);
-    eventually("per-pod Services pruned", Duration::from_secs(15), || async {
-        let p1 = services.get_opt("p-1").await.ok()?;
-        let p2 = services.get_opt("p-2").await.ok()?;
-        (p1.is_none() && p2.is_none()).then_some(())
-    })
+    eventually(
+        "p-1's Service pruned, p-2 terminating",
+        Duration::from_secs(15),
+        || async {
+            let p1 = services.get_opt("p-1").await.ok()?;
+            let p2 = pods.get_opt("p-2").await.ok()??;
+            (p1.is_none() && p2.metadata.deletion_timestamp.is_some()).then_some(())
+        },
+    )
+    .await;
+    let held = env
+        .status_where("p", "references of the pods that exist", |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.server_references.iter().map(|r| r.pod.as_str()).collect::<Vec<_>>() == ["p-0", "p-2"]
+            })
+        })
+        .await;
+    assert_eq!(held.spec.replicas, 1);
+    assert!(
+        services.get_opt("p-2").await.expect("get").is_some(),
+        "the terminating pod keeps its per-pod Service"
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    pods.patch("p-2", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .expect("release p-2");
+    eventually(
+        "p-2's Service pruned once the pod is gone",
+        Duration::from_secs(15),
+        || async { services.get_opt("p-2").await.ok()?.is_none().then_some(()) },
+    )
     .await;
     assert!(services.get_opt("p-0").await.expect("get").is_some());
     let proxy = env

@@ -202,3 +202,113 @@ async fn an_unreachable_kafka_is_reported_and_does_not_hold_the_objects_back() {
     operator.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_second_resource_on_the_same_topics_is_a_conflict_and_deletion_keeps_what_the_operator_did_not_create() {
+    let env = env("op-claims").await;
+    // A messages topic that exists before any resource.
+    let messages = env.topic("a-messages");
+    admin::create_topics(
+        &env.admin,
+        &[TopicSpec {
+            name: messages.clone(),
+            partitions: 3,
+            replication: 1,
+            configs: vec![],
+        }],
+    )
+    .await
+    .expect("create topic");
+    let operator = env.operator();
+    let mut spec = env.spec("a");
+    spec["kafka"]["topics"]["deletePolicy"] = json!("Delete");
+    env.apply("a", spec.clone()).await;
+    let a = env
+        .status_where("a", "topics ready", |p| condition_is(p, "TopicsReady", "True"))
+        .await;
+    let created: BTreeMap<String, (bool, String)> = a
+        .status
+        .as_ref()
+        .expect("status")
+        .topics
+        .iter()
+        .map(|t| (t.name.clone(), (t.created, t.on_delete.clone().unwrap_or_default())))
+        .collect();
+    assert!(created[&env.topic("a-sessions")].0, "{created:?}");
+    assert!(created[&env.topic("a-retained")].0, "{created:?}");
+    let (was_created, on_delete) = &created[&messages];
+    assert!(!was_created, "the messages topic existed before: {created:?}");
+    assert!(on_delete.contains("existed before this resource"), "{on_delete}");
+
+    // A second resource wants the same topics on the same Kafka: it is held back.
+    env.apply("b", spec.clone()).await;
+    let b = env
+        .status_where("b", "ResourceConflict", |p| {
+            condition(p, "Ready").is_some_and(|c| c.1 == "ResourceConflict")
+        })
+        .await;
+    let degraded = condition(&b, "Degraded").expect("Degraded");
+    assert_eq!((degraded.0.as_str(), degraded.1.as_str()), ("True", "ResourceConflict"));
+    assert!(
+        degraded.2.contains(&format!("MqttKafkaProxy {}/a", env.namespace)),
+        "names the other resource: {}",
+        degraded.2
+    );
+    let claimed: Vec<Option<String>> = b
+        .status
+        .as_ref()
+        .expect("status")
+        .topics
+        .iter()
+        .map(|t| t.claimed_by.clone())
+        .collect();
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.as_deref() == Some(&format!("{}/a", env.namespace))),
+        "{claimed:?}"
+    );
+    assert!(
+        env.api::<k8s_openapi::api::apps::v1::StatefulSet>()
+            .get_opt("b")
+            .await
+            .expect("get")
+            .is_none(),
+        "nothing is applied for a resource in conflict"
+    );
+    let a = env.proxies().get("a").await.expect("a");
+    assert!(
+        condition_is(&a, "Degraded", "False"),
+        "the first resource is not affected"
+    );
+
+    // Deleting b (deletePolicy: Delete, created nothing) deletes no topic.
+    env.proxies().delete("b", &Default::default()).await.expect("delete b");
+    eventually("b gone", Duration::from_secs(30), || async {
+        env.proxies().get_opt("b").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    for topic in [env.topic("a-sessions"), env.topic("a-retained"), messages.clone()] {
+        assert_eq!(env.partitions(&topic), Some(3), "{topic} kept");
+    }
+
+    // Deleting a deletes the topics the operator created for it, and keeps the other.
+    env.proxies().delete("a", &Default::default()).await.expect("delete a");
+    eventually("created topics deleted", Duration::from_secs(30), || async {
+        (env.partitions(&env.topic("a-sessions")).is_none() && env.partitions(&env.topic("a-retained")).is_none())
+            .then_some(())
+    })
+    .await;
+    eventually("a gone", Duration::from_secs(30), || async {
+        env.proxies().get_opt("a").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.partitions(&messages),
+        Some(3),
+        "the topic that existed before is kept"
+    );
+
+    operator.stop().await;
+    env.cleanup().await;
+}

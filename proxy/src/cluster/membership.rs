@@ -25,13 +25,28 @@ pub struct Heartbeat {
     pub version: u32,
     pub instance: String,
     /// Where MQTT 5 clients are redirected to reach it (`None`: not reachable by redirect).
+    /// Clients of a listener that has its own entry in `server_references` go there instead.
     #[serde(default)]
     pub server_reference: Option<String>,
+    /// Its server reference per listener name (listeners with a template of their own), so
+    /// that a client is redirected to the same kind of listener it connected to. Absent in
+    /// heartbeats of older processes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_references: BTreeMap<String, String>,
     /// When it was written (ms since the epoch).
     pub at_ms: i64,
     /// The shared subscriptions (`$share/{group}/{filter}`) it has members of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<String>,
+}
+
+/// Where clients reach one process: what it announces in its heartbeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerReferences {
+    /// `cluster.serverReference` resolved for the process.
+    pub default: Option<String>,
+    /// `listeners[].serverReference` resolved, by listener name.
+    pub by_listener: BTreeMap<String, String>,
 }
 
 impl Heartbeat {
@@ -41,6 +56,16 @@ impl Heartbeat {
 
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Where a client that connected on listener `listener` (of any process: every process
+    /// of one deployment has the same listeners) is sent to reach this process: its
+    /// reference for that listener, else its single reference.
+    pub fn reference_for(&self, listener: &str) -> Option<String> {
+        self.server_references
+            .get(listener)
+            .or(self.server_reference.as_ref())
+            .cloned()
     }
 }
 
@@ -94,9 +119,43 @@ mod tests {
             version: 1,
             instance: instance.into(),
             server_reference: Some(format!("{instance}:1883")),
+            server_references: BTreeMap::new(),
             at_ms,
             shares: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_client_is_sent_to_the_listener_of_the_kind_it_connected_to() {
+        let mut owner = hb("proxy-1", 0);
+        owner.server_references = BTreeMap::from([
+            ("mqtts".to_owned(), "proxy-1.example.com:8883".to_owned()),
+            ("wss".to_owned(), "proxy-1.example.com:443".to_owned()),
+        ]);
+        assert_eq!(
+            owner.reference_for("mqtts").as_deref(),
+            Some("proxy-1.example.com:8883")
+        );
+        assert_eq!(owner.reference_for("wss").as_deref(), Some("proxy-1.example.com:443"));
+        assert_eq!(
+            owner.reference_for("mqtt").as_deref(),
+            Some("proxy-1:1883"),
+            "a listener without a reference of its own falls back to the single one"
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_of_an_older_process_has_only_the_single_reference() {
+        let old: Heartbeat =
+            serde_json::from_str(r#"{"version":1,"instance":"proxy-0","serverReference":"proxy-0:1883","atMs":5}"#)
+                .expect("old heartbeat");
+        assert!(old.server_references.is_empty());
+        assert_eq!(old.reference_for("mqtts").as_deref(), Some("proxy-0:1883"));
+        let new = hb("proxy-2", 0);
+        assert!(
+            !String::from_utf8_lossy(&new.encode()).contains("serverReferences"),
+            "no per-listener map when there is none: older processes read it as before"
+        );
     }
 
     #[test]

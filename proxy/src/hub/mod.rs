@@ -99,6 +99,17 @@ struct Tracking {
 /// share.
 pub type SharePolicy = Box<dyn Fn(&str, i32, i64) -> bool + Send + Sync>;
 
+/// One live connection, as [`Hub::connections`] lists it.
+#[derive(Clone, Debug)]
+pub struct LiveConnection {
+    pub id: ConnId,
+    pub client_id: String,
+    /// Whether it speaks MQTT 5 (only those can be redirected).
+    pub mqtt5: bool,
+    /// Name of the listener it connected on.
+    pub listener: Arc<str>,
+}
+
 /// Why the hub closes a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kick {
@@ -119,6 +130,8 @@ struct Live {
     client_id: String,
     /// MQTT 5 clients can be redirected; 3.1.1 clients are served where they connect.
     mqtt5: bool,
+    /// The listener it connected on: a redirect sends it to the same kind of listener.
+    listener: Arc<str>,
     deliveries: QueueSender,
     kick: watch::Sender<Option<Kick>>,
     tracking: Mutex<Tracking>,
@@ -216,7 +229,7 @@ impl Hub {
     /// on this process is told to close with 0x8E (Session taken over). `resume_from`
     /// are the positions of a resumed session: the connection starts lagging there, and
     /// catches up from them (partitions it has no position for start at the fan-out's).
-    pub fn register(&self, client_id: &str, mqtt5: bool, resume_from: &Positions) -> Registration {
+    pub fn register(&self, client_id: &str, mqtt5: bool, listener: Arc<str>, resume_from: &Positions) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliveries_tx, deliveries) = queue::channel(self.queue_capacity, self.queue_bytes);
         let (kick, kicked) = watch::channel(None);
@@ -240,6 +253,7 @@ impl Hub {
             Live {
                 client_id: client_id.to_owned(),
                 mqtt5,
+                listener,
                 deliveries: deliveries_tx,
                 kick,
                 tracking: Mutex::new(tracking),
@@ -280,11 +294,16 @@ impl Hub {
         shares
     }
 
-    /// Every live connection: id, client id, whether it speaks MQTT 5.
-    pub fn connections(&self) -> Vec<(ConnId, String, bool)> {
+    /// Every live connection.
+    pub fn connections(&self) -> Vec<LiveConnection> {
         read(&self.live)
             .iter()
-            .map(|(id, l)| (*id, l.client_id.clone(), l.mqtt5))
+            .map(|(id, l)| LiveConnection {
+                id: *id,
+                client_id: l.client_id.clone(),
+                mqtt5: l.mqtt5,
+                listener: Arc::clone(&l.listener),
+            })
             .collect()
     }
 

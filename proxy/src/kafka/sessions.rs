@@ -16,7 +16,7 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use crate::broker::message::now_ms;
 use crate::broker::session::SessionState;
-use crate::cluster::membership::{self, Heartbeat, Membership};
+use crate::cluster::membership::{self, Heartbeat, Membership, ServerReferences};
 use crate::cluster::ownership;
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::producer::{PublishError, Publisher};
@@ -152,19 +152,20 @@ impl SessionStore {
         ownership::assign(self.partitions, &live)
     }
 
-    /// The server reference `instance` announced.
-    pub fn reference_of(&self, instance: &str) -> Option<String> {
+    /// The server reference `instance` announced for clients of listener `listener`.
+    pub fn reference_of(&self, instance: &str, listener: &str) -> Option<String> {
         locked(&self.membership)
             .get(instance)
-            .and_then(|h| h.server_reference.clone())
+            .and_then(|h| h.reference_for(listener))
     }
 
-    /// Announces this process (its server reference, if it has one) and waits for Kafka.
-    pub async fn heartbeat(&self, server_reference: Option<String>, shares: Vec<String>) -> Result<(), SessionError> {
+    /// Announces this process (its server references, if it has any) and waits for Kafka.
+    pub async fn heartbeat(&self, references: &ServerReferences, shares: Vec<String>) -> Result<(), SessionError> {
         let heartbeat = Heartbeat {
             version: 1,
             instance: self.instance.clone(),
-            server_reference,
+            server_reference: references.default.clone(),
+            server_references: references.by_listener.clone(),
             at_ms: now_ms(),
             shares,
         };

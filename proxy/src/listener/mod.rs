@@ -30,6 +30,9 @@ pub struct Shared {
     pub replayer: Arc<Replayer>,
     /// This process's instance id (it hosts the sessions of its connections).
     pub instance: Arc<str>,
+    /// Name of the listener (`listeners[].name`): redirects send its clients to the
+    /// owner's reference for the same listener.
+    pub listener: Arc<str>,
     pub limits: Arc<Limits>,
     /// Live MQTT connections of the whole process (for `mqtt.maxConnections`).
     pub connections: Arc<AtomicUsize>,

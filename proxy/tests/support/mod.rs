@@ -49,6 +49,7 @@ impl TestProxy {
             address: "127.0.0.1:0".into(),
             path: None,
             tls: None,
+            server_reference: None,
         }];
         config.admin.address = "127.0.0.1:0".into();
         adjust(&mut config);

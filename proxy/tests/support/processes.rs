@@ -23,6 +23,8 @@ pub fn free_port() -> u16 {
 pub struct Proc {
     pub instance: String,
     pub port: u16,
+    /// A second TCP listener (`alt`) with a server reference of its own; 0 when absent.
+    pub alt: u16,
     pub admin: u16,
     pub child: Option<Child>,
 }
@@ -133,6 +135,8 @@ pub struct TestCluster {
     pub prefix: String,
     pub procs: Vec<Proc>,
     pub redirect: bool,
+    /// Each process also has the `alt` listener.
+    pub alt_listener: bool,
 }
 
 impl TestCluster {
@@ -142,6 +146,11 @@ impl TestCluster {
 
     /// `n` processes; with `redirect` off every process serves every client.
     pub async fn start_with(n: usize, redirect: bool) -> Self {
+        Self::start_custom(n, redirect, false).await
+    }
+
+    /// `n` processes; `alt_listener`: each also has the `alt` listener.
+    pub async fn start_custom(n: usize, redirect: bool, alt_listener: bool) -> Self {
         let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
         let prefix = unique_name("c");
         let dir = mqtt_kafka_testenv::repo_root()
@@ -155,6 +164,7 @@ impl TestCluster {
             prefix,
             procs: Vec::new(),
             redirect,
+            alt_listener,
         };
         for i in 0..n {
             cluster.add(i == 0).await;
@@ -167,10 +177,16 @@ impl TestCluster {
     pub async fn add(&mut self, create: bool) -> usize {
         let i = self.procs.len();
         let (port, admin) = (free_port(), free_port());
+        let alt = if self.alt_listener { free_port() } else { 0 };
+        let alt_listener = if self.alt_listener {
+            format!(", {{name: alt, protocol: tcp, address: '127.0.0.1:{alt}', serverReference: '127.0.0.1:{alt}'}}")
+        } else {
+            String::new()
+        };
         let instance = format!("proxy-{i}");
         let config = format!(
             "instanceId: {instance}\n\
-             listeners: [{{name: mqtt, protocol: tcp, address: '127.0.0.1:{port}'}}]\n\
+             listeners: [{{name: mqtt, protocol: tcp, address: '127.0.0.1:{port}'}}{alt_listener}]\n\
              admin: {{address: '127.0.0.1:{admin}'}}\n\
              kafka: {{bootstrapServers: '{bootstrap}'}}\n\
              topics: {{messages: {p}-messages, retained: {p}-retained, sessions: {p}-sessions}}\n\
@@ -197,6 +213,7 @@ impl TestCluster {
         self.procs.push(Proc {
             instance,
             port,
+            alt,
             admin,
             child: Some(child),
         });

@@ -61,6 +61,7 @@ where
         sessions,
         replayer,
         instance,
+        listener,
         limits,
         connections,
     } = shared;
@@ -103,9 +104,9 @@ where
     {
         let partition = sessions.partition_of(&accepted.client_id);
         let owners = sessions.owners(None);
-        if let Placement::Elsewhere(reference) =
-            ownership::place(partition, &owners, &instance, true, true, |i| sessions.reference_of(i))
-        {
+        if let Placement::Elsewhere(reference) = ownership::place(partition, &owners, &instance, true, true, |i| {
+            sessions.reference_of(i, &listener)
+        }) {
             hub.metrics().redirects.with_label_values(&["connect"]).inc();
             let mut connack = connect::refusal(if reason == 0x9D {
                 ConnectAckReason::ServerMoved
@@ -143,7 +144,12 @@ where
     };
     // Registered (lagging from its positions) before its subscriptions exist, so every
     // record is either caught up from Kafka or delivered live, none twice.
-    let registration = hub.register(&accepted.client_id, version == Version::V5, &resume_from);
+    let registration = hub.register(
+        &accepted.client_id,
+        version == Version::V5,
+        Arc::clone(&listener),
+        &resume_from,
+    );
     for stored in &opened.state.subscriptions {
         if let Some(subscription) = stored.to_subscription() {
             hub.subscribe(registration.id, &accepted.client_id, &subscription);

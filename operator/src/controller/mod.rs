@@ -13,8 +13,10 @@
 //! 5. status: computed by `status::compute`, written only when it changed; Events for
 //!    condition transitions and topic changes.
 
-use std::collections::HashMap;
-use std::fmt::Debug;
+mod apply;
+mod kafka;
+
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,28 +24,26 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use self::kafka::{AdminCache, TopicCheck};
+use crate::claims;
 use crate::crd::{MqttKafkaProxy, TopicDeletePolicy};
 use crate::metrics::Metrics;
-use crate::resources::configmap::{self, RenderedConfig, plain_properties, secret_properties};
-use crate::resources::{
-    ANNOTATION_APPLIED_HASH, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER, applied_hash, is_owned_by, is_subset,
-    owned_selector, pdb, serviceaccount, services, stable_hash, statefulset,
-};
+use crate::resources::configmap;
+use crate::resources::{LABEL_MANAGED_BY, MANAGER};
 use crate::status::{self, Observed, Severity};
-use crate::topics::{self, Admin, DesiredTopic, TopicReport};
+use crate::topics;
 
 /// Finalizer that deletes the Kafka topics with the resource (`deletePolicy: Delete` only).
 pub const FINALIZER: &str = "mqttkafka.io/delete-topics";
@@ -120,60 +120,6 @@ impl Default for Settings {
     }
 }
 
-/// Kafka admin clients by connection properties, shared by resources on the same Kafka.
-/// librdkafka clients own threads and connections: one per reconcile would churn them.
-#[derive(Default)]
-struct AdminCache {
-    clients: Mutex<HashMap<String, (Arc<Admin>, Instant)>>,
-}
-
-const ADMIN_IDLE: Duration = Duration::from_secs(600);
-
-impl AdminCache {
-    fn get(&self, properties: &[(String, String)]) -> Result<Arc<Admin>, String> {
-        let key = stable_hash(format!("{properties:?}").as_bytes());
-        let mut clients = self
-            .clients
-            .lock()
-            .map_err(|_| "admin client cache poisoned".to_owned())?;
-        // Clients unused for a while (a rotated password, a deleted resource) are dropped;
-        // dropping one joins librdkafka threads, so not on the async runtime's threads.
-        let idle: Vec<String> = clients
-            .iter()
-            .filter(|(k, (_, used))| **k != key && used.elapsed() > ADMIN_IDLE)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in idle {
-            if let Some((client, _)) = clients.remove(&k) {
-                tokio::task::spawn_blocking(move || drop(client));
-            }
-        }
-        if let Some((client, used)) = clients.get_mut(&key) {
-            *used = Instant::now();
-            return Ok(Arc::clone(client));
-        }
-        let bootstrap = properties
-            .iter()
-            .find(|(k, _)| k == "bootstrap.servers")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        let rest: Vec<(String, String)> = properties
-            .iter()
-            .filter(|(k, _)| k != "bootstrap.servers")
-            .cloned()
-            .collect();
-        let client = Arc::new(mqtt_kafka_proxy::kafka::admin::client(&bootstrap, &rest).map_err(|e| e.to_string())?);
-        clients.insert(key, (Arc::clone(&client), Instant::now()));
-        Ok(client)
-    }
-}
-
-struct TopicCheck {
-    generation: Option<i64>,
-    at: Instant,
-    report: TopicReport,
-}
-
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -182,6 +128,11 @@ pub struct Context {
     recorder: Recorder,
     admins: AdminCache,
     topic_checks: Mutex<HashMap<String, TopicCheck>>,
+    /// Every resource the controller watches (set by [`run`]), for topic claims.
+    proxies: Mutex<Option<Store<MqttKafkaProxy>>>,
+    /// Topics the operator created, by resource uid: the status write that records them
+    /// may not have reached the next reconcile's copy of the resource yet.
+    created: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 impl Context {
@@ -201,6 +152,8 @@ impl Context {
             recorder,
             admins: AdminCache::default(),
             topic_checks: Mutex::new(HashMap::new()),
+            proxies: Mutex::new(None),
+            created: Mutex::new(HashMap::new()),
         }
     }
 
@@ -247,7 +200,12 @@ pub async fn run(
         namespace = namespace.as_deref().unwrap_or("<all>"),
         "controller starting"
     );
-    Controller::new(api::<MqttKafkaProxy>(&client, &namespace), watcher::Config::default())
+    let controller = Controller::new(api::<MqttKafkaProxy>(&client, &namespace), watcher::Config::default());
+    // Each run (leadership regained) has a store of its own; the old one is no longer fed.
+    if let Ok(mut proxies) = ctx.proxies.lock() {
+        *proxies = Some(controller.store());
+    }
+    controller
         .owns(api::<StatefulSet>(&client, &namespace), owned.clone())
         .owns(api::<Service>(&client, &namespace), owned.clone())
         .owns(api::<ConfigMap>(&client, &namespace), owned.clone())
@@ -298,12 +256,15 @@ async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Act
     if proxy.metadata.deletion_timestamp.is_some() {
         if has_finalizer {
             if deletes_topics {
-                delete_topics(proxy, ctx).await?;
+                kafka::delete_topics(proxy, ctx).await?;
             }
             remove_finalizer(&proxies, proxy).await?;
         }
         if let Ok(mut checks) = ctx.topic_checks.lock() {
             checks.remove(&key(proxy));
+        }
+        if let Ok(mut created) = ctx.created.lock() {
+            created.remove(&proxy.uid().unwrap_or_default());
         }
         return Ok(Action::await_change());
     }
@@ -332,10 +293,36 @@ async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Act
         }
     };
 
+    // Another resource on the same Kafka keeps some of these topics: change nothing (not
+    // the topics, not the objects, so the pods keep what they run) until that is resolved.
+    let conflicts = kafka::conflicts(proxy, ctx).await?;
+    if !conflicts.is_empty() {
+        ctx.metrics.errors.with_label_values(&["resource_conflict"]).inc();
+        let set = sets.get_opt(&proxy.name_any()).await?;
+        let report = claims::conflict_report(
+            &topics::desired_topics(&proxy.spec),
+            &conflicts,
+            &proxy.spec.kafka.bootstrap_servers,
+        );
+        let observed = Observed {
+            statefulset: set.as_ref(),
+            topics: Some(&report),
+            ..Observed::default()
+        };
+        write_status(proxy, ctx, &proxies, observed, &[]).await?;
+        // The other resource may go or move: look again.
+        return Ok(Action::requeue(ctx.settings.retry));
+    }
+
     // Topics and objects do not depend on each other: a spec change reaches the
     // StatefulSet without waiting for Kafka round trips (and a Kafka outage does not hold
     // the objects back).
-    let (report, applied) = tokio::join!(check_topics(proxy, ctx), apply_objects(proxy, ctx, &rendered));
+    let pods = apply::observed_pods(proxy, ctx).await?;
+    let (mut report, applied) = tokio::join!(
+        kafka::check_topics(proxy, ctx),
+        apply::apply_objects(proxy, ctx, &rendered, &pods)
+    );
+    kafka::remember_created(proxy, ctx, &mut report.report);
     let (set, apply_error) = match applied {
         Ok(set) => (Some(set), None),
         Err(err) => (sets.get_opt(&proxy.name_any()).await.ok().flatten(), Some(err)),
@@ -346,6 +333,7 @@ async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Act
         topics: Some(&report.report),
         invalid_spec: &[],
         apply_error: apply_message.as_deref(),
+        pods: Some(&pods),
     };
     let changes: Vec<topics::Change> = if report.fresh {
         report.report.changes.clone()
@@ -361,107 +349,6 @@ async fn reconcile_resource(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Act
         return Ok(Action::requeue(ctx.settings.retry));
     }
     Ok(Action::requeue(ctx.settings.resync))
-}
-
-struct CheckedTopics {
-    report: TopicReport,
-    /// Whether this reconcile ran the check (its changes are news) or reused a recent one.
-    fresh: bool,
-}
-
-/// Runs the topic pass unless one ran for this generation less than half a resync ago: the
-/// pods' status changes wake the controller often, and Kafka need not hear about each.
-async fn check_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> CheckedTopics {
-    let generation = proxy.metadata.generation;
-    if let Ok(checks) = ctx.topic_checks.lock()
-        && let Some(check) = checks.get(&key(proxy))
-        && check.generation == generation
-        && check.report.failure.is_none()
-        && check.at.elapsed() < ctx.settings.resync / 2
-    {
-        return CheckedTopics {
-            report: check.report.clone(),
-            fresh: false,
-        };
-    }
-    let report = run_topics(proxy, ctx).await;
-    if let Ok(mut checks) = ctx.topic_checks.lock() {
-        checks.insert(
-            key(proxy),
-            TopicCheck {
-                generation,
-                at: Instant::now(),
-                report: report.clone(),
-            },
-        );
-    }
-    CheckedTopics { report, fresh: true }
-}
-
-async fn run_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> TopicReport {
-    let desired = topics::desired_topics(&proxy.spec);
-    let admin = match admin_client(proxy, ctx).await {
-        Ok(admin) => admin,
-        Err(report) => return TopicReport::failed(&desired, report.0, report.1),
-    };
-    let spec = &proxy.spec.kafka;
-    topics::reconcile_topics(&admin, &desired, spec.topics.config_policy, &spec.bootstrap_servers).await
-}
-
-/// The admin client for the resource's Kafka, with the secret properties read from their
-/// Secrets; on failure the condition reason and message.
-async fn admin_client(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<Arc<Admin>, (&'static str, String)> {
-    let spec = &proxy.spec.kafka;
-    let namespace = proxy.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut properties: Vec<(String, String)> = plain_properties(spec).into_iter().collect();
-    properties.push(("bootstrap.servers".into(), spec.bootstrap_servers.clone()));
-    for secret in secret_properties(spec) {
-        let unavailable = |why: String| {
-            (
-                "KafkaCredentialsUnavailable",
-                format!(
-                    "cannot read key {} of Secret {}/{} for {}: {why}",
-                    secret.secret.key, namespace, secret.secret.name, secret.property
-                ),
-            )
-        };
-        let found = secrets
-            .get_opt(&secret.secret.name)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .ok_or_else(|| unavailable("the Secret does not exist".into()))?;
-        let value = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&secret.secret.key))
-            .ok_or_else(|| unavailable("the Secret has no such key".into()))?;
-        let text = String::from_utf8(value.0.clone()).map_err(|_| unavailable("the value is not UTF-8".into()))?;
-        properties.push((secret.property.into(), text));
-    }
-    properties.sort();
-    ctx.admins
-        .get(&properties)
-        .map_err(|e| ("KafkaClientFailed", format!("cannot create a Kafka admin client: {e}")))
-}
-
-async fn delete_topics(proxy: &MqttKafkaProxy, ctx: &Context) -> Result<(), Error> {
-    let desired: Vec<DesiredTopic> = topics::desired_topics(&proxy.spec);
-    let failed = |reason: String| Error::DeleteTopics {
-        name: key(proxy),
-        reason,
-    };
-    let admin = admin_client(proxy, ctx).await.map_err(|(_, message)| failed(message))?;
-    let deleted = topics::delete_topics(&admin, &desired).await.map_err(failed)?;
-    info!(resource = %key(proxy), ?deleted, "deleted topics (deletePolicy: Delete)");
-    ctx.publish(
-        proxy,
-        Severity::Normal,
-        "TopicsDeleted",
-        format!("deleted topics {}", deleted.join(", ")),
-    )
-    .await;
-    Ok(())
 }
 
 async fn add_finalizer(api: &Api<MqttKafkaProxy>, proxy: &MqttKafkaProxy) -> Result<(), Error> {
@@ -492,137 +379,6 @@ async fn set_finalizers(
     api.patch(&proxy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
-}
-
-/// Applies every object; returns the StatefulSet as stored.
-async fn apply_objects(proxy: &MqttKafkaProxy, ctx: &Context, rendered: &RenderedConfig) -> Result<StatefulSet, Error> {
-    let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
-    let client = &ctx.client;
-    let uid = proxy.uid().unwrap_or_default();
-
-    apply(
-        ctx,
-        &Api::namespaced(client.clone(), &namespace),
-        serviceaccount::service_account(proxy),
-        &uid,
-    )
-    .await?;
-    apply(
-        ctx,
-        &Api::namespaced(client.clone(), &namespace),
-        configmap::config_map(proxy, &rendered.yaml),
-        &uid,
-    )
-    .await?;
-    let service_api: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply(ctx, &service_api, services::headless(proxy), &uid).await?;
-    apply(ctx, &service_api, services::client(proxy), &uid).await?;
-    for service in services::per_pod(proxy) {
-        apply(ctx, &service_api, service, &uid).await?;
-    }
-    prune_per_pod_services(proxy, ctx, &service_api, &uid).await?;
-
-    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &namespace);
-    match pdb::pod_disruption_budget(proxy) {
-        Some(budget) => {
-            apply(ctx, &pdb_api, budget, &uid).await?;
-        }
-        None => delete_owned(ctx, &pdb_api, &proxy.name_any(), &uid).await?,
-    }
-    apply(
-        ctx,
-        &Api::namespaced(client.clone(), &namespace),
-        statefulset::statefulset(proxy, &rendered.hash),
-        &uid,
-    )
-    .await
-}
-
-/// Deletes per-pod Services of this resource that the spec no longer wants.
-async fn prune_per_pod_services(
-    proxy: &MqttKafkaProxy,
-    ctx: &Context,
-    api: &Api<Service>,
-    uid: &str,
-) -> Result<(), Error> {
-    let wanted = services::per_pod_names(proxy);
-    let selector = format!("{},{LABEL_COMPONENT}=pod-service", owned_selector(&proxy.name_any()));
-    for service in api.list_metadata(&ListParams::default().labels(&selector)).await? {
-        let name = service.name_any();
-        if !wanted.contains(&name) && is_owned_by(&service.metadata, uid) {
-            delete_owned(ctx, api, &name, uid).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn delete_owned<K>(ctx: &Context, api: &Api<K>, name: &str, uid: &str) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    let Some(found) = api.get_metadata_opt(name).await? else {
-        return Ok(());
-    };
-    if !is_owned_by(&found.metadata, uid) {
-        return Ok(());
-    }
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {
-            info!(kind = %K::kind(&()), name, "deleted an object no longer wanted");
-            ctx.metrics
-                .writes
-                .with_label_values(&[K::kind(&()).as_ref(), "deleted"])
-                .inc();
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// Server-side applies `desired` unless the stored object already is as built: the
-/// applied-hash annotation matches (nothing removed from the desired state) and every
-/// desired field has its value (nobody changed one behind the operator's back).
-async fn apply<K>(ctx: &Context, api: &Api<K>, mut desired: K, uid: &str) -> Result<K, Error>
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let kind: &'static str = match K::kind(&()).as_ref() {
-        "ConfigMap" => "ConfigMap",
-        "Service" => "Service",
-        "StatefulSet" => "StatefulSet",
-        "PodDisruptionBudget" => "PodDisruptionBudget",
-        "ServiceAccount" => "ServiceAccount",
-        _ => "object",
-    };
-    let name = desired.name_any();
-    let hash = applied_hash(&serde_json::to_value(&desired).map_err(|e| Error::Serialize(kind, e))?);
-    desired
-        .annotations_mut()
-        .insert(ANNOTATION_APPLIED_HASH.into(), hash.clone());
-    let want = serde_json::to_value(&desired).map_err(|e| Error::Serialize(kind, e))?;
-    if let Some(actual) = api.get_opt(&name).await?
-        && actual.annotations().get(ANNOTATION_APPLIED_HASH) == Some(&hash)
-        && is_owned_by(actual.meta(), uid)
-        && is_subset(
-            &want,
-            &serde_json::to_value(&actual).map_err(|e| Error::Serialize(kind, e))?,
-        )
-    {
-        ctx.metrics.writes.with_label_values(&[kind, "unchanged"]).inc();
-        return Ok(actual);
-    }
-    let applied = api
-        .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
-        .await
-        .map_err(|source| Error::Apply {
-            kind,
-            name: name.clone(),
-            source,
-        })?;
-    debug!(kind, name, "applied");
-    ctx.metrics.writes.with_label_values(&[kind, "applied"]).inc();
-    Ok(applied)
 }
 
 /// Computes the status, writes it if it changed, and publishes Events for transitions and
