@@ -184,6 +184,9 @@ fn exits_cleanly_on_signal_while_kafka_is_unreachable(bootstrap: &str, signal: &
     let mut child = Command::new(PROXY)
         .arg("--config")
         .arg(&config)
+        // `make test` exports the local environment's KAFKA_BOOTSTRAP, which the binary
+        // would take over the unreachable one in the file.
+        .env_remove("KAFKA_BOOTSTRAP")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
