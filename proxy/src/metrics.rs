@@ -13,7 +13,8 @@ pub struct Metrics {
     pub published: IntCounterVec,
     /// PUBLISH packets sent to subscribers.
     pub delivered: IntCounter,
-    /// Deliveries dropped, by reason (`queue_full`, `expired`, `too_large`).
+    /// Deliveries dropped, by reason (`queue_full`, `expired`, `too_large`,
+    /// `share_members_behind`: every member of a share on this process was behind).
     pub dropped: IntCounterVec,
     /// Kafka produce failures.
     pub kafka_errors: IntCounter,

@@ -124,12 +124,20 @@ struct Group<S> {
 }
 
 impl<S: Copy> Group<S> {
-    fn pick(&self) -> Option<(S, Grant)> {
-        if self.members.is_empty() {
+    /// The next member in round-robin order that `can_take` a message; when none can, the
+    /// member whose turn it is (its delivery then fails where it is counted).
+    fn pick(&self, can_take: &dyn Fn(S) -> bool) -> Option<(S, Grant)> {
+        let count = self.members.len();
+        if count == 0 {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.members.get(turn % self.members.len()).copied()
+        let Some(step) = (0..count).find(|step| can_take(self.members[(turn + step) % count].0)) else {
+            return self.members.get(turn % count).copied();
+        };
+        // The next turn starts after the member chosen, so the others share its turns.
+        self.next.fetch_add(step, Ordering::Relaxed);
+        self.members.get((turn + step) % count).copied()
     }
 }
 
@@ -330,17 +338,20 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
     /// of the publisher itself do not count. Each (share group, filter) pair that matches
     /// picks one member round-robin. Sorted by subscriber.
     pub fn route(&self, topic: &str, publisher_client_id: Option<&str>) -> Vec<Delivery<S>> {
-        self.route_sharing(topic, publisher_client_id, &|_| true)
+        self.route_sharing(topic, publisher_client_id, &|_| true, &|_| true)
     }
 
     /// [`route`](Self::route), where a shared subscription (`$share/{group}/{filter}`)
     /// delivers only when `share_here` says this process serves it for this message (one
-    /// process of a cluster delivers each message of a share).
+    /// process of a cluster delivers each message of a share), to a member that
+    /// `can_take` it if one can (a member that is behind is passed over, so the message
+    /// goes to one that is not instead of waiting behind it).
     pub fn route_sharing(
         &self,
         topic: &str,
         publisher_client_id: Option<&str>,
         share_here: &dyn Fn(&str) -> bool,
+        can_take: &dyn Fn(S) -> bool,
     ) -> Vec<Delivery<S>> {
         let mut plain: Vec<(S, Grant)> = Vec::new();
         let mut shared: Vec<Delivery<S>> = Vec::new();
@@ -357,7 +368,7 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
                 node.groups
                     .values()
                     .filter(|g| !g.members.is_empty() && share_here(&g.share))
-                    .filter_map(Group::pick)
+                    .filter_map(|g| g.pick(can_take))
                     .map(|(subscriber, grant)| Delivery::new(subscriber, grant, true)),
             );
             ControlFlow::Continue(())
@@ -767,6 +778,25 @@ mod tests {
         let deliveries = index.route("jobs/3", None);
         assert_eq!(deliveries.iter().filter(|d| d.shared).count(), 3);
         assert!(index.route("other", None).is_empty());
+    }
+
+    #[test]
+    fn a_share_member_that_cannot_take_a_message_is_passed_over() {
+        let mut index = SubscriptionIndex::new();
+        for s in [10u64, 20, 30] {
+            index.insert(s, &format!("c{s}"), sub("$share/workers/jobs/+", 1));
+        }
+        let pick = |can_take: &dyn Fn(u64) -> bool| {
+            let deliveries = index.route_sharing("jobs/1", None, &|_| true, can_take);
+            assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+            deliveries[0].subscriber
+        };
+        // 20 is behind: its turns go to the next member, every message still goes to one.
+        let picks: Vec<u64> = (0..6).map(|_| pick(&|s| s != 20)).collect();
+        assert_eq!(picks, [10, 30, 10, 30, 10, 30]);
+        // Nobody can take it: the member whose turn it is gets it (and fails where counted).
+        let picks: Vec<u64> = (0..3).map(|_| pick(&|_| false)).collect();
+        assert_eq!(picks, [10, 20, 30]);
     }
 
     #[test]

@@ -588,7 +588,15 @@ impl RecordSink for Hub {
         // Held until the position moves past this record (see `rejoin` and `positions`).
         let index = read(index);
         let share_here = |share: &str| self.share_policy.get().is_none_or(|p| p(share, partition, offset));
-        let deliveries = index.route_sharing(&message.topic, message.publisher.as_deref(), &share_here);
+        let live = read(&self.live);
+        // A share member that is behind is passed over: its catch-up reads only its own
+        // subscriptions from Kafka, so a shared message skipped for it would be lost.
+        let can_take = |id: ConnId| {
+            live.get(&id).is_some_and(|c| {
+                !locked(&c.tracking).lagging.contains_key(kafka_topic) && c.deliveries.has_room_for(&message)
+            })
+        };
+        let deliveries = index.route_sharing(&message.topic, message.publisher.as_deref(), &share_here, &can_take);
         if !deliveries.is_empty() {
             let message = Arc::new(message);
             let origin = Origin {
@@ -596,7 +604,6 @@ impl RecordSink for Hub {
                 partition,
                 offset,
             };
-            let live = read(&self.live);
             for delivery in deliveries {
                 let Some(connection) = live.get(&delivery.subscriber) else {
                     continue;
@@ -617,6 +624,10 @@ impl RecordSink for Hub {
                 }
                 let mut tracking = locked(&connection.tracking);
                 if tracking.lagging.contains_key(kafka_topic) {
+                    if delivery.shared {
+                        // Every member of the share here is behind (see `can_take`).
+                        self.metrics.dropped.with_label_values(&["share_members_behind"]).inc();
+                    }
                     continue; // its catch-up reads this record from Kafka
                 }
                 let key = (Arc::clone(&origin.topic), partition);
@@ -640,6 +651,9 @@ impl RecordSink for Hub {
                     tracking.lagging.insert(kafka_topic.to_owned(), locked(fanout).clone());
                     connection.lagging.notify_one();
                     self.metrics.lagging.inc();
+                    if delivery.shared {
+                        self.metrics.dropped.with_label_values(&["share_members_behind"]).inc();
+                    }
                 }
             }
         }

@@ -10,12 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 
 use super::Outgoing;
+use crate::broker::message::Message;
 
 /// What one delivery is counted as: the payload and topic it may keep alive, and the
 /// delivery's own bookkeeping.
-fn weight(outgoing: &Outgoing) -> usize {
+fn weight(message: &Message) -> usize {
     const OVERHEAD: usize = 128;
-    outgoing.message.payload.len() + outgoing.message.topic.len() + OVERHEAD
+    message.payload.len() + message.topic.len() + OVERHEAD
 }
 
 /// A delivery queue: its sending half stays with the hub, its receiving half goes to the
@@ -54,9 +55,8 @@ impl QueueSender {
     /// Queues `outgoing` unless the queue is at one of its bounds. A queue that is empty
     /// takes any one delivery, however large, so a message over the budget still flows.
     pub fn try_send(&self, outgoing: Outgoing) -> Result<(), NotQueued> {
-        let weight = weight(&outgoing);
-        let queued = self.bytes.load(Ordering::Acquire);
-        if queued > 0 && queued + weight > self.budget {
+        let weight = weight(&outgoing.message);
+        if !self.fits(weight) {
             return Err(NotQueued::Full);
         }
         // Counted before it can be received, so the receiver never subtracts first.
@@ -68,6 +68,18 @@ impl QueueSender {
                 mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
             }
         })
+    }
+}
+
+impl QueueSender {
+    /// Whether `message` would be queued now.
+    pub fn has_room_for(&self, message: &Message) -> bool {
+        self.tx.capacity() > 0 && self.fits(weight(message))
+    }
+
+    fn fits(&self, weight: usize) -> bool {
+        let queued = self.bytes.load(Ordering::Acquire);
+        queued == 0 || queued + weight <= self.budget
     }
 }
 
@@ -98,14 +110,13 @@ impl QueueReceiver {
     }
 
     fn taken(&self, outgoing: &Outgoing) {
-        self.bytes.fetch_sub(weight(outgoing), Ordering::AcqRel);
+        self.bytes.fetch_sub(weight(&outgoing.message), Ordering::AcqRel);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::message::Message;
 
     fn outgoing(payload_len: usize) -> Outgoing {
         let message = Message {
@@ -135,6 +146,8 @@ mod tests {
         }
         // 1000 bytes of payload + 1 of topic + 128 of overhead: 8 fit in 10 000 bytes.
         assert_eq!(queued, 8);
+        assert!(!tx.has_room_for(&outgoing(1000).message));
+        assert!(tx.has_room_for(&outgoing(10).message), "a small one still fits");
         assert_eq!(tx.try_send(outgoing(1000)), Err(NotQueued::Full));
         // Taking one makes room for one.
         assert!(rx.recv().await.is_some());
@@ -148,6 +161,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(tx.try_send(outgoing(1)), Ok(()));
         }
+        assert!(!tx.has_room_for(&outgoing(1).message));
         assert_eq!(tx.try_send(outgoing(1)), Err(NotQueued::Full));
         assert!(rx.try_recv().is_some());
         assert_eq!(tx.try_send(outgoing(1)), Ok(()));
