@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::broker::message::now_ms;
 use crate::broker::session::SessionState;
@@ -54,7 +54,10 @@ pub struct SessionStore {
     sessions: RwLock<HashMap<String, SessionState>>,
     /// The offset the reader reads next, per partition.
     read_up_to: Mutex<BTreeMap<i32, i64>>,
-    advanced: Notify,
+    /// CONNECTs waiting for the reader to pass an offset, per partition and offset: each
+    /// is woken once, when the reader passes its offset (not on every record read, which
+    /// in a reconnect storm woke every waiter for every record).
+    waiting: Mutex<HashMap<i32, BTreeMap<i64, Vec<oneshot::Sender<()>>>>>,
     watchers: Mutex<HashMap<String, Watcher>>,
     loaded: AtomicBool,
     /// Records that were not sessions this version can read.
@@ -84,7 +87,7 @@ impl SessionStore {
             publisher,
             sessions: RwLock::new(HashMap::new()),
             read_up_to: Mutex::new(BTreeMap::new()),
-            advanced: Notify::new(),
+            waiting: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             loaded: AtomicBool::new(false),
             skipped: Mutex::new(0),
@@ -233,18 +236,27 @@ impl SessionStore {
 
     /// Waits until the view holds everything written to `partition` before `end`.
     pub async fn wait_read(&self, partition: i32, end: i64, within: Duration) -> Result<(), SessionError> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let notified = self.advanced.notified();
-            if locked(&self.read_up_to).get(&partition).is_some_and(|at| *at >= end) || end <= 0 {
+        let passed = {
+            // Registered under the reader's lock, so `read_to` cannot pass `end` unseen.
+            let read = locked(&self.read_up_to);
+            if end <= 0 || read.get(&partition).is_some_and(|at| *at >= end) {
                 return Ok(());
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(SessionError::NotCaughtUp {
-                    topic: self.topic.clone(),
-                    waited: within,
-                });
-            }
+            let (tx, rx) = oneshot::channel();
+            locked(&self.waiting)
+                .entry(partition)
+                .or_default()
+                .entry(end)
+                .or_default()
+                .push(tx);
+            rx
+        };
+        match tokio::time::timeout(within, passed).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(SessionError::NotCaughtUp {
+                topic: self.topic.clone(),
+                waited: within,
+            }),
         }
     }
 
@@ -259,8 +271,17 @@ impl SessionStore {
         let at = read.entry(partition).or_insert(0);
         if next > *at {
             *at = next;
+            let passed = match locked(&self.waiting).get_mut(&partition) {
+                Some(waiting) => {
+                    let later = waiting.split_off(&(next + 1));
+                    std::mem::replace(waiting, later)
+                }
+                None => BTreeMap::new(),
+            };
             drop(read);
-            self.advanced.notify_waiters();
+            for waiter in passed.into_values().flatten() {
+                let _ = waiter.send(());
+            }
         }
     }
 
@@ -518,8 +539,14 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         s.read_to(1, 3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "woken before the reader passed 5");
         s.read_to(1, 5);
         assert!(waiting.await.expect("joins").is_ok());
+        assert!(
+            locked(&s.waiting).values().all(BTreeMap::is_empty),
+            "no waiter left behind"
+        );
         assert!(s.wait_read(2, 1, Duration::from_millis(10)).await.is_err());
     }
 }
