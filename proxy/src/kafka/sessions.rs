@@ -43,6 +43,9 @@ struct Watcher {
     taken_over: watch::Sender<bool>,
 }
 
+/// Per offset, who waits for the reader to pass it.
+type Waiters = BTreeMap<i64, Vec<oneshot::Sender<()>>>;
+
 /// The view of the sessions topic, and the way to write it.
 pub struct SessionStore {
     /// This process's instance id: the sessions it hosts are re-asserted when a stale
@@ -57,7 +60,7 @@ pub struct SessionStore {
     /// CONNECTs waiting for the reader to pass an offset, per partition and offset: each
     /// is woken once, when the reader passes its offset (not on every record read, which
     /// in a reconnect storm woke every waiter for every record).
-    waiting: Mutex<HashMap<i32, BTreeMap<i64, Vec<oneshot::Sender<()>>>>>,
+    waiting: Mutex<HashMap<i32, Waiters>>,
     watchers: Mutex<HashMap<String, Watcher>>,
     loaded: AtomicBool,
     /// Records that were not sessions this version can read.
