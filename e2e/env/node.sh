@@ -57,6 +57,9 @@ node_bridge() {
   fi
   ip -4 addr show dev "$NODE_BRIDGE" | grep -q " $NODE_IP/" || ip addr add "$NODE_IP/$prefix" dev "$NODE_BRIDGE"
   ip link set "$NODE_BRIDGE" up
+  # Service IPs the host sends to go to the bridge, never out of the machine (kube-proxy
+  # rewrites them to pod addresses; one it does not know ends here). Goes with the bridge.
+  ip route replace "$SERVICE_CIDR" dev "$NODE_BRIDGE" src "$NODE_IP"
 }
 
 node_prepare_host() {
@@ -64,11 +67,11 @@ node_prepare_host() {
   node_bridge
 }
 
-# ---------------------------------------------------------------- containerd
-containerd_healthy() { "${CTR[@]}" version >/dev/null 2>&1; }
-
-launch_containerd() {
-  mkdir -p "$CONTAINERD_DIR/root" "$CONTAINERD_DIR/state" "$CNI_CONF_DIR" "$CNI_IPAM_DIR"
+# ---------------------------------------------------------------- CNI, containerd
+# Pods get the bridge's subnet and a route to the Service range via the node, and no default
+# route: they reach the node, each other and Services, nothing off the machine.
+write_cni_conf() {
+  mkdir -p "$CNI_CONF_DIR" "$CNI_IPAM_DIR"
   cat >"$CNI_CONF_DIR/10-mqtt-kafka.conflist" <<JSON
 {
   "cniVersion": "1.0.0",
@@ -76,10 +79,17 @@ launch_containerd() {
   "plugins": [
     {"type": "bridge", "bridge": "$NODE_BRIDGE", "isGateway": true, "hairpinMode": true, "ipMasq": false,
      "ipam": {"type": "host-local", "dataDir": "$CNI_IPAM_DIR",
-              "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]]}}
+              "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]],
+              "routes": [{"dst": "$SERVICE_CIDR"}]}}
   ]
 }
 JSON
+}
+
+containerd_healthy() { "${CTR[@]}" version >/dev/null 2>&1; }
+
+launch_containerd() {
+  mkdir -p "$CONTAINERD_DIR/root" "$CONTAINERD_DIR/state" "$CNI_CONF_DIR" "$CNI_IPAM_DIR"
   cat >"$CONTAINERD_DIR/config.toml" <<TOML
 version = 2
 root = "$CONTAINERD_DIR/root"
@@ -146,7 +156,7 @@ import_image() {
   have="$("${CTR[@]}" images ls "name==$ref" 2>/dev/null | awk 'NR > 1 {print $3}')"
   [[ "$have" == "$want" ]] && return 0
   log "node: importing $ref ($want)"
-  "${CTR[@]}" images import --no-unpack=false "$archive" >/dev/null
+  "${CTR[@]}" images import "$archive" >/dev/null
 }
 
 # The images the node itself needs: the sandbox (pause) image, CoreDNS, and a toolbox for
@@ -366,6 +376,7 @@ YAML
 
 # ---------------------------------------------------------------- up
 node_up() {
+  write_cni_conf
   ensure containerd containerd_healthy launch_containerd 60
   node_images
   ensure kube-scheduler scheduler_healthy launch_scheduler 60

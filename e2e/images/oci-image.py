@@ -147,6 +147,10 @@ def main():
         "history": [{"created_by": "e2e/images/oci-image.py"}],
     }
     with tarfile.open(args.out + ".tmp", "w", format=tarfile.PAX_FORMAT) as out:
+        for d in ("blobs", "blobs/sha256"):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            out.addfile(info)
         layer_desc = blob(out, layer_tar, "application/vnd.oci.image.layer.v1.tar")
         config_desc = blob(out, json.dumps(config, sort_keys=True).encode(), "application/vnd.oci.image.config.v1+json")
         manifest = {
