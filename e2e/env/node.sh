@@ -401,11 +401,8 @@ node_down_daemons() {
     ids="$("${CTR[@]}" tasks ls -q 2>/dev/null || true)"
     if [[ -n "$ids" ]]; then
       log "node: killing $(wc -w <<<"$ids") containers"
-      for id in $ids; do "${CTR[@]}" tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true; done
-      sleep 1
-      for id in $ids; do
-        wait_for "task $id" 15 "${CTR[@]}" tasks delete "$id" || "${CTR[@]}" tasks delete -f "$id" >/dev/null 2>&1 || true
-      done
+      # delete --force: SIGKILL, wait for the exit, delete.
+      for id in $ids; do "${CTR[@]}" tasks delete --force "$id" >/dev/null 2>&1 || true; done
     fi
     # The kubelet makes them again from the API on the next start.
     for id in $("${CTR[@]}" containers ls -q 2>/dev/null || true); do "${CTR[@]}" containers rm "$id" >/dev/null 2>&1 || true; done
@@ -442,6 +439,9 @@ node_restore_host() {
       nft delete $t 2>/dev/null || true
     fi
   done < <(nft list tables 2>/dev/null)
+  # Connections tracked while kube-proxy's rules were loaded (loopback ones too); nothing
+  # tracks once those are gone. Flushed when the host had no other nftables tables.
+  [[ -s "$HOST_BEFORE/nft-tables" ]] || conntrack -F >/dev/null 2>&1 || true
   local kv
   while IFS= read -r kv; do
     [[ "$(sysctl -n "${kv%%=*}" 2>/dev/null)" == "${kv#*=}" ]] || sysctl -q -w "${kv%%=*}=${kv#*=}" >/dev/null || true
