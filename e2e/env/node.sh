@@ -395,6 +395,12 @@ node_up() {
 node_down_daemons() {
   stop_process kube-proxy
   stop_process kubelet
+  # The next start registers the node afresh (its pods are collected and made again), so
+  # env-up never reads a Ready condition or a CoreDNS replica left over from this run.
+  if [[ -f "$STATE_DIR/kube/admin.kubeconfig" ]]; then
+    "$K8S_BIN_DIR/kubectl" --kubeconfig "$STATE_DIR/kube/admin.kubeconfig" --request-timeout 5s \
+      delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  fi
   stop_process kube-scheduler
   if pid_alive "$STATE_DIR/containerd.pid"; then
     local ids id
