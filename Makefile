@@ -3,16 +3,22 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench bench-sessions
+.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench bench-sessions images node-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-env-up: ## start the local Kafka + Kubernetes control plane (idempotent); writes .local/env
+env-up: ## start the local Kafka + Kubernetes control plane (idempotent; NODE=1 adds a node); writes .local/env
 	@bash e2e/env/up.sh
 
-env-down: ## stop everything env-up started
+env-down: ## stop everything env-up started (the node too) and undo what the node changed on the host
 	@bash e2e/env/down.sh
+
+images: ## proxy and operator images (localhost/...:dev) without Docker; imported into the node if it runs
+	@bash e2e/images/build.sh
+
+node-smoke: ## NODE=1 env-up, images, then a proxy pod and DNS/apiserver checks on the node
+	@bash e2e/node/smoke.sh
 
 env-clean: env-down ## stop the environment and delete its data
 	rm -rf .local

@@ -16,6 +16,7 @@ KUBERNETES_VERSION="v1.34.4"
 HELM_VERSION="v3.19.5"
 KAFKA_VERSION="4.1.1"
 KAFKA_SCALA="2.13"
+COREDNS_VERSION="v1.15.0"
 
 BIN_DIR="$CACHE_DIR/bin"
 K8S_BIN_DIR="$CACHE_DIR/kubernetes-$KUBERNETES_VERSION"
@@ -26,6 +27,32 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 ETCD_PORT="${ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"
 APISERVER_PORT="${APISERVER_PORT:-16443}"
+
+# The opt-in node (NODE=1 make env-up): kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS.
+# One node per machine: it owns the CNI bridge below and host-wide settings (see node.sh).
+# Pods reach the host at NODE_IP, the bridge's own address: the apiserver and a second Kafka
+# listener (KAFKA_NODE_PORT) bind there while the node is on; nothing binds the machine's
+# outside address.
+NODE_NAME="${NODE_NAME:-mqtt-kafka-local}"
+NODE_BRIDGE="${NODE_BRIDGE:-mkk0}"
+POD_CIDR="${POD_CIDR:-10.244.0.0/24}"
+NODE_IP="${NODE_IP:-10.244.0.1}"
+SERVICE_CIDR="10.0.0.0/24"
+DNS_SERVICE_IP="10.0.0.10"
+KAFKA_NODE_PORT="${KAFKA_NODE_PORT:-$((KAFKA_PORT + 2))}"
+KUBELET_PORT="${KUBELET_PORT:-10250}"
+KUBELET_HEALTHZ_PORT="${KUBELET_HEALTHZ_PORT:-10248}"
+SCHEDULER_PORT="${SCHEDULER_PORT:-10259}"
+KUBE_PROXY_HEALTHZ_PORT="${KUBE_PROXY_HEALTHZ_PORT:-10256}"
+KUBE_PROXY_METRICS_PORT="${KUBE_PROXY_METRICS_PORT:-10249}"
+
+# Image tags of the local images (make images; the node imports them into its containerd).
+# Other tools (a Tiltfile) assume these names: change them here only.
+PROXY_IMAGE="localhost/mqtt-kafka-proxy:dev"
+OPERATOR_IMAGE="localhost/mqtt-kafka-operator:dev"
+PAUSE_IMAGE="localhost/pause:dev"
+COREDNS_IMAGE="localhost/coredns:dev"
+TOOLBOX_IMAGE="localhost/toolbox:dev"
 
 log() { printf '[env] %s\n' "$*" >&2; }
 die() { printf '[env] error: %s\n' "$*" >&2; exit 1; }

@@ -2,10 +2,18 @@
 # Starts the local environment: Kafka (KRaft, one node) and a Kubernetes control plane
 # (etcd, kube-apiserver, kube-controller-manager), all on 127.0.0.1. Idempotent: pieces that
 # are already running and healthy are left alone; a second run changes nothing.
+# NODE=1 adds a node (node.sh): kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS; the
+# apiserver and a second Kafka listener then bind the node's bridge address $NODE_IP so pods
+# reach them. A running node stays on until 'make env-down'.
 # Writes the connection details to $STATE_DIR/env and prints them.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$ENV_DIR/node.sh"
+
+NODE_ON=0
+if node_wanted; then NODE_ON=1; fi
 
 "$ENV_DIR/install-tools.sh" all
+((NODE_ON == 0)) || "$ENV_DIR/install-tools.sh" node
 
 mkdir -p "$STATE_DIR"
 KAFKA_DIR="$STATE_DIR/kafka"
@@ -13,6 +21,10 @@ KUBE_DIR="$STATE_DIR/kube"
 PKI_DIR="$KUBE_DIR/pki"
 KUBECONFIG_FILE="$KUBE_DIR/admin.kubeconfig"
 KUBECTL="$K8S_BIN_DIR/kubectl"
+# Where the apiserver listens: loopback, or the node's address when the node is on.
+API_HOST=127.0.0.1
+((NODE_ON == 0)) || API_HOST="$NODE_IP"
+MODE="api=$API_HOST kafka-node=$((NODE_ON == 1 ? KAFKA_NODE_PORT : 0))"
 
 # port_free PORT: nothing listens on 127.0.0.1:PORT.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -43,21 +55,30 @@ require_port_free() {
 }
 
 # ---------------------------------------------------------------- Kafka
-kafka_healthy() { kcat -b "127.0.0.1:$KAFKA_PORT" -L -m 2 >/dev/null 2>&1; }
+kafka_healthy() {
+  kcat -b "127.0.0.1:$KAFKA_PORT" -L -m 2 >/dev/null 2>&1 || return 1
+  ((NODE_ON == 0)) || kcat -b "$NODE_IP:$KAFKA_NODE_PORT" -L -m 2 >/dev/null 2>&1
+}
 
 launch_kafka() {
   require_port_free kafka "$KAFKA_PORT"
   require_port_free kafka_controller "$KAFKA_CONTROLLER_PORT"
   mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
+  # With the node on, a second listener on the node's address serves pods.
+  local node_listener="" node_map=""
+  if ((NODE_ON == 1)); then
+    node_listener=",NODE://$NODE_IP:$KAFKA_NODE_PORT"
+    node_map=",NODE:PLAINTEXT"
+  fi
   cat >"$KAFKA_DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$node_listener
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$node_listener
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$node_map
 log.dirs=$KAFKA_DIR/data
 auto.create.topics.enable=false
 num.partitions=1
@@ -78,32 +99,50 @@ PROPS
     "${java[@]}" kafka.tools.StorageTool format -t "mqtt-kafka-local-000" -c "$KAFKA_DIR/server.properties" --ignore-formatted >"$KAFKA_DIR/logs/format.log" 2>&1 \
       || die "kafka storage format failed; see $KAFKA_DIR/logs/format.log"
   fi
-  log "kafka: starting on 127.0.0.1:$KAFKA_PORT"
+  log "kafka: starting on 127.0.0.1:$KAFKA_PORT${node_listener:+ and $NODE_IP:$KAFKA_NODE_PORT}"
   start kafka "$KAFKA_DIR/logs/stdout.log" "${java[@]}" kafka.Kafka "$KAFKA_DIR/server.properties"
 }
 
 # ---------------------------------------------------------------- PKI for the control plane
-make_pki() {
-  [[ -f "$PKI_DIR/admin.crt" ]] && return
-  log "kube: creating certificates"
-  mkdir -p "$PKI_DIR"
+# leaf NAME SUBJECT EXTENSIONS (in $PKI_DIR): a P-256 key and a certificate signed by the local CA.
+leaf() {
   (
     cd "$PKI_DIR"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-      -keyout ca.key -out ca.crt -subj "/CN=mqtt-kafka-local-ca" 2>/dev/null
-    # leaf NAME SUBJECT EXTENSIONS: a P-256 key and a certificate signed by the local CA.
-    leaf() {
-      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      printf '%s\n' "$3" >"$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -out "$1.crt" -extfile "$1.ext" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
-    leaf apiserver "/CN=kube-apiserver" \
-      "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"$'\n'"extendedKeyUsage=serverAuth"
-    leaf admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+    printf '%s\n' "$3" >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -out "$1.crt" -extfile "$1.ext" 2>/dev/null
+    rm -f "$1.csr" "$1.ext"
   )
+}
+
+apiserver_cert() {
+  leaf apiserver "/CN=kube-apiserver" \
+    "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"$'\n'"extendedKeyUsage=serverAuth"
+}
+
+make_pki() {
+  if [[ ! -f "$PKI_DIR/admin.crt" ]]; then
+    log "kube: creating certificates"
+    mkdir -p "$PKI_DIR"
+    (
+      cd "$PKI_DIR"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+        -keyout ca.key -out ca.crt -subj "/CN=mqtt-kafka-local-ca" 2>/dev/null
+      openssl genrsa -out sa.key 2048 2>/dev/null
+      openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    )
+    apiserver_cert
+    leaf admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
+  fi
+  # Certificates of an older checkout's environment lack the node's address: add it.
+  if ((NODE_ON == 1)) && ! openssl x509 -in "$PKI_DIR/apiserver.crt" -noout -checkip "$NODE_IP" | grep -q 'does match'; then
+    log "kube: adding $NODE_IP to the apiserver certificate"
+    apiserver_cert
+    stop_process kube-apiserver
+  fi
+  if ((NODE_ON == 1)) && [[ ! -f "$PKI_DIR/node.crt" ]]; then
+    leaf node "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+  fi
 }
 
 write_kubeconfig() {
@@ -113,7 +152,7 @@ kind: Config
 clusters:
 - name: local
   cluster:
-    server: https://127.0.0.1:$APISERVER_PORT
+    server: https://$API_HOST:$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
 users:
 - name: admin
@@ -149,20 +188,30 @@ apiserver_healthy() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" get --raw /read
 launch_apiserver() {
   {
     require_port_free apiserver "$APISERVER_PORT"
-    log "kube-apiserver: starting on https://127.0.0.1:$APISERVER_PORT"
-    # The endpoint reconciler is off: it would publish the loopback address as the
-    # 'kubernetes' Service's endpoint, which validation rejects.
+    log "kube-apiserver: starting on https://$API_HOST:$APISERVER_PORT"
+    local mode_flags=()
+    if ((NODE_ON == 1)); then
+      # Bound to the node's address with the default endpoint reconciler, so the 'kubernetes'
+      # Service leads pods here; the Node authorizer and NodeRestriction for the kubelet.
+      mode_flags=(--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction
+        --kubelet-client-certificate "$PKI_DIR/admin.crt" --kubelet-client-key "$PKI_DIR/admin.key"
+        --kubelet-preferred-address-types InternalIP)
+    else
+      # The endpoint reconciler is off: it would publish the loopback address as the
+      # 'kubernetes' Service's endpoint, which validation rejects.
+      mode_flags=(--endpoint-reconciler-type none --authorization-mode RBAC)
+    fi
     start kube-apiserver "$KUBE_DIR/kube-apiserver.log" "$K8S_BIN_DIR/kube-apiserver" \
       --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-      --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
-      --endpoint-reconciler-type none \
+      --bind-address "$API_HOST" --advertise-address "$API_HOST" --secure-port "$APISERVER_PORT" \
+      "${mode_flags[@]}" \
       --cert-dir "$KUBE_DIR/apiserver-certs" \
       --tls-cert-file "$PKI_DIR/apiserver.crt" --tls-private-key-file "$PKI_DIR/apiserver.key" \
       --client-ca-file "$PKI_DIR/ca.crt" \
       --service-account-key-file "$PKI_DIR/sa.pub" --service-account-signing-key-file "$PKI_DIR/sa.key" \
       --service-account-issuer https://kubernetes.default.svc \
-      --service-cluster-ip-range 10.0.0.0/24 \
-      --authorization-mode RBAC --allow-privileged=true \
+      --service-cluster-ip-range "$SERVICE_CIDR" \
+      --allow-privileged=true \
       --profiling=false
   }
 }
@@ -176,12 +225,15 @@ controller_manager_healthy() {
 launch_controller_manager() {
   {
     log "kube-controller-manager: starting"
+    # With a node, its lifecycle controller marks it (un)reachable and lifts the not-ready taint.
+    local controllers='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller'
+    ((NODE_ON == 0)) || controllers='*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller'
     start kube-controller-manager "$KUBE_DIR/kube-controller-manager.log" "$K8S_BIN_DIR/kube-controller-manager" \
       --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
       --bind-address 127.0.0.1 --secure-port 0 \
       --service-account-private-key-file "$PKI_DIR/sa.key" --root-ca-file "$PKI_DIR/ca.crt" \
       --use-service-account-credentials=false --leader-elect=false \
-      --controllers '*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
+      --controllers "$controllers" \
       --concurrent-statefulset-syncs 5 --profiling=false
   }
 }
@@ -194,17 +246,47 @@ KUBECONFIG=$KUBECONFIG_FILE
 ETCD_ENDPOINT=http://127.0.0.1:$ETCD_PORT
 MQTT_KAFKA_BIN=$BIN_DIR
 KAFKA_LIBS=$KAFKA_LIB_DIR
+PROXY_IMAGE=$PROXY_IMAGE
+OPERATOR_IMAGE=$OPERATOR_IMAGE
 ENV
+  if ((NODE_ON == 1)); then
+    cat >>"$ENV_FILE" <<ENV
+NODE=1
+NODE_NAME=$NODE_NAME
+NODE_IP=$NODE_IP
+KAFKA_NODE_BOOTSTRAP=$NODE_IP:$KAFKA_NODE_PORT
+CONTAINERD_ADDRESS=$CONTAINERD_SOCK
+ENV
+  fi
 }
 
+# A switch between loopback and node mode (NODE=1) restarts what binds differently.
+switch_mode() {
+  local was=""
+  [[ -f "$STATE_DIR/mode" ]] && was="$(cat "$STATE_DIR/mode")"
+  [[ "$was" == "$MODE" ]] && return 0
+  if pid_alive "$STATE_DIR/kube-apiserver.pid" || pid_alive "$STATE_DIR/kafka.pid"; then
+    log "switching to '$MODE' (was '${was:-api=127.0.0.1 kafka-node=0}'): restarting Kafka, kube-apiserver, kube-controller-manager"
+    stop_process kube-controller-manager
+    stop_process kube-apiserver
+    stop_process kafka
+  fi
+}
+
+mkdir -p "$KUBE_DIR"
+((NODE_ON == 0)) || node_prepare_host
+switch_mode
 ensure kafka kafka_healthy launch_kafka 90
 make_pki
 write_kubeconfig
 ensure etcd etcd_healthy launch_etcd 60
 ensure kube-apiserver apiserver_healthy launch_apiserver 120
 ensure kube-controller-manager controller_manager_healthy launch_controller_manager 90
+echo "$MODE" >"$STATE_DIR/mode"
+((NODE_ON == 0)) || node_up
 write_env
 
 log "environment ready; details in $ENV_FILE:"
 grep -v '^#' "$ENV_FILE"
 log "tools: export PATH=\"$BIN_DIR:\$PATH\"   (kubectl, helm, etcd, kube-apiserver); kcat from Debian"
+((NODE_ON == 0)) || log "node: kubectl get pods -A; images: ctr --address $CONTAINERD_SOCK -n k8s.io images ls; make images imports $PROXY_IMAGE, $OPERATOR_IMAGE"
