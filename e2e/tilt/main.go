@@ -228,7 +228,16 @@ func str(obj map[string]any, path ...string) string {
 	return s
 }
 
+var clusterScoped = map[string]bool{"CustomResourceDefinition": true, "Namespace": true, "ClusterRole": true,
+	"ClusterRoleBinding": true, "PriorityClass": true, "StorageClass": true, "PersistentVolume": true,
+	"ValidatingWebhookConfiguration": true, "MutatingWebhookConfiguration": true, "APIService": true}
+
+// objectID is kind namespace/name; Tilt puts a namespace on cluster-scoped objects too, which
+// the apiserver ignores, so it is left out for them.
 func objectID(o map[string]any) string {
+	if clusterScoped[str(o, "kind")] {
+		return fmt.Sprintf("%s %s", str(o, "kind"), str(o, "metadata", "name"))
+	}
 	return fmt.Sprintf("%s %s/%s", str(o, "kind"), str(o, "metadata", "namespace"), str(o, "metadata", "name"))
 }
 
