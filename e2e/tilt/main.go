@@ -39,7 +39,7 @@ var tiltLocalContext = regexp.MustCompile(`^(minikube|docker-desktop|docker-for-
 
 type build struct {
 	builtin, ref, context, dockerfile, command, tag string
-	deps                                           []string
+	deps                                            []string
 }
 
 type resource struct {
@@ -52,17 +52,17 @@ type kind struct{ kind, apiVersion, imageJSONPath string }
 
 // What one evaluation recorded.
 type recording struct {
-	repo, context     string
-	env               map[string]string
-	allowed           []string
-	builds            []build
-	objects           []map[string]any
-	resources         []resource
-	kinds             []kind
-	paths             map[string]string // path -> which builtin named it
-	helmRuns          []string
-	helm              string
-	problems          []string
+	repo, context string
+	env           map[string]string
+	allowed       []string
+	builds        []build
+	objects       []map[string]any
+	resources     []resource
+	kinds         []kind
+	paths         map[string]string // path -> which builtin named it
+	helmRuns      []string
+	helm          string
+	problems      []string
 }
 
 func (r *recording) problem(format string, args ...any) {
