@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: the environment, the linters, then every test in the workspace against the
-# live Kafka and apiserver. Fails if anything fails, if a test was skipped (ignored), or if
-# the committed CRD is not what crdgen prints.
+# live Kafka and apiserver. Fails if anything fails, if a test was skipped (ignored), if
+# the committed CRD is not what crdgen prints, if the Helm chart or deploy/ fails its checks
+# (e2e/chart/check.sh), or if the Tiltfile does (e2e/tilt/check.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '\n[test] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -23,6 +24,12 @@ if ! diff -u "$crd_file" <(cargo run -q -p mqtt-kafka-operator --bin crdgen); th
   echo "crds/ is stale: run 'make crds' and commit the result" >&2
   exit 1
 fi
+
+log "Helm chart: lint --strict, schema, server-side dry runs, monitors, dashboard metrics, deploy/ up to date"
+bash e2e/chart/check.sh
+
+log "Tiltfile: evaluated with stand-ins for Tilt's builtins (e2e/tilt)"
+bash e2e/tilt/check.sh
 
 log "cargo test (unit, integration against Kafka $KAFKA_BOOTSTRAP and the apiserver of $KUBECONFIG)"
 out=.local/cargo-test.log
