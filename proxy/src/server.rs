@@ -276,11 +276,16 @@ async fn connect_kafka(
         publisher.partition_count(&config.topics.sessions)?,
         Arc::clone(&publisher),
     ));
+    let candidates = {
+        let hub = Arc::clone(&hub);
+        Box::new(move |kafka_topic: &str, key: &str| hub.catch_up_candidates(kafka_topic, key))
+    };
     let replayer = Arc::new(Replayer::new(
         &bootstrap,
         &properties,
         &instance,
         CATCH_UP_CONSUMERS,
+        candidates,
         Arc::clone(metrics),
     ));
 

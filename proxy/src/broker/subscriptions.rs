@@ -383,6 +383,17 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
         deliveries
     }
 
+    /// Every subscriber with a non-shared subscription matching `topic` (No Local not
+    /// applied), each once: who a record read again from Kafka may be for.
+    pub fn plain_subscribers(&self, topic: &str) -> Vec<S> {
+        let mut found = Vec::new();
+        let _ = self.walk::<()>(topic, |node| {
+            found.extend(node.subscribers.keys().copied());
+            ControlFlow::Continue(())
+        });
+        found
+    }
+
     /// The delivery to `subscriber` alone from its non-shared subscriptions, by the same
     /// rules as [`route`](Self::route): for replaying what a persistent session missed.
     /// Costs a match per subscription of `subscriber`.
@@ -778,6 +789,21 @@ mod tests {
         let deliveries = index.route("jobs/3", None);
         assert_eq!(deliveries.iter().filter(|d| d.shared).count(), 3);
         assert!(index.route("other", None).is_empty());
+    }
+
+    #[test]
+    fn plain_subscribers_are_those_whose_own_filters_match() {
+        let mut index = SubscriptionIndex::new();
+        index.insert(1u64, "c1", sub("a/+", 1));
+        index.insert(1, "c1", sub("a/#", 1));
+        index.insert(2, "c2", sub("a/b", 0));
+        index.insert(3, "c3", sub("$share/g/a/b", 1));
+        index.insert(4, "c4", sub("x/#", 1));
+        let mut found = index.plain_subscribers("a/b");
+        found.sort_unstable();
+        found.dedup();
+        assert_eq!(found, [1, 2], "shares and other filters are not candidates");
+        assert!(index.plain_subscribers("b").is_empty());
     }
 
     #[test]

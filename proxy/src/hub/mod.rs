@@ -473,6 +473,15 @@ impl Hub {
             .is_some_and(|index| read(index).route_subscriber(id, mqtt_topic, None).is_some())
     }
 
+    /// The connections whose own (non-shared) subscriptions match `mqtt_topic` on
+    /// `kafka_topic`: who a catch-up of that record may be for.
+    pub fn catch_up_candidates(&self, kafka_topic: &str, mqtt_topic: &str) -> Vec<ConnId> {
+        self.indexes
+            .get(kafka_topic)
+            .map(|index| read(index).plain_subscribers(mqtt_topic))
+            .unwrap_or_default()
+    }
+
     /// The delivery to connection `id` of a record its catch-up read, by its subscriptions
     /// (`None`: it does not match).
     pub fn route_for(&self, id: ConnId, kafka_topic: &str, message: &Message) -> Option<(u8, bool, Vec<u32>)> {

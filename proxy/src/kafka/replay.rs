@@ -37,6 +37,15 @@ pub struct Replayed {
 /// Whether a subscriber may want a record, by its key (the MQTT topic).
 pub type Wants = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Who may want a record of a messages topic, by its key: the requesters (see
+/// [`Replayer::replay`]) whose subscriptions match it. A sweep with many requests asks this
+/// once per record instead of asking every request (a reconnect storm of 2 000 sessions
+/// over 200 000 records asked 400 million times).
+pub type Candidates = Box<dyn Fn(&str, &str) -> Vec<u64> + Send + Sync>;
+
+/// Up to this many requests, a sweep asks each of them about each record.
+const ASK_EACH_UP_TO: usize = 32;
+
 /// One subscriber's catch-up.
 struct Request {
     from: BTreeMap<i32, i64>,
@@ -45,8 +54,6 @@ struct Request {
     tx: mpsc::Sender<Replayed>,
     /// Set when the whole range was read (the receiver ending without it means: let go).
     complete: Arc<AtomicBool>,
-    /// Records not for it since it was last told how far the sweep got.
-    skipped: u32,
 }
 
 /// A catch-up as its subscriber sees it.
@@ -83,23 +90,28 @@ pub struct Replayer {
     config: ClientConfig,
     idle: Mutex<Vec<StreamConsumer>>,
     permits: Arc<Semaphore>,
-    waiting: Mutex<HashMap<String, Vec<Request>>>,
+    waiting: Mutex<HashMap<String, Vec<(u64, Request)>>>,
+    candidates: Candidates,
     metrics: Arc<Metrics>,
 }
 
 /// Records a catch-up may read ahead of its subscriber; a subscriber that lets more pile
 /// up is let go and asks again later.
 const READ_AHEAD: usize = 256;
+/// Every this many records, each request is told how far the sweep got (records not for
+/// it are progress too: its stored position must not lag far behind).
+const PROGRESS_EVERY: u64 = 256;
 /// How long a sweep waits for more requests to come with the first.
 const GATHER: Duration = Duration::from_millis(50);
 
 impl Replayer {
-    /// At most `concurrency` sweeps read at once.
+    /// At most `concurrency` sweeps read at once; `candidates` says who may want a record.
     pub fn new(
         bootstrap: &str,
         properties: &[(String, String)],
         instance: &str,
         concurrency: usize,
+        candidates: Candidates,
         metrics: Arc<Metrics>,
     ) -> Self {
         let mut config = ClientConfig::new();
@@ -122,17 +134,20 @@ impl Replayer {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             waiting: Mutex::new(HashMap::new()),
+            candidates,
             metrics,
         }
     }
 
     /// Reads `topic` from `from` up to (not including) `to` in each partition, in offset
-    /// order per partition, for a subscriber that `wants` records by key. The receiver
+    /// order per partition, for `requester` (a connection: the id [`Candidates`] names it
+    /// by) that `wants` records by key. The receiver
     /// ends when the range was read, or earlier when the subscriber fell behind by more
     /// than [`READ_AHEAD`] records (the last `Replayed` says how far it got).
     pub fn replay(
         self: &Arc<Self>,
         topic: String,
+        requester: u64,
         from: BTreeMap<i32, i64>,
         to: BTreeMap<i32, i64>,
         wants: Wants,
@@ -145,7 +160,6 @@ impl Replayer {
             wants,
             tx,
             complete: Arc::clone(&complete),
-            skipped: 0,
         };
         let catching = Catching { records, complete };
         if request.done(&BTreeMap::new()) {
@@ -157,7 +171,7 @@ impl Replayer {
             .unwrap_or_else(|e| e.into_inner())
             .entry(topic.clone())
             .or_default()
-            .push(request);
+            .push((requester, request));
         let replayer = Arc::clone(self);
         tokio::spawn(async move { replayer.sweep(topic).await });
         catching
@@ -171,18 +185,18 @@ impl Replayer {
             return;
         };
         tokio::time::sleep(GATHER).await;
-        let mut requests = self
+        let waiting = self
             .waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&topic)
             .unwrap_or_default();
-        if requests.is_empty() {
+        if waiting.is_empty() {
             return;
         }
         let mut start: BTreeMap<i32, i64> = BTreeMap::new();
         let mut end: BTreeMap<i32, i64> = BTreeMap::new();
-        for r in &requests {
+        for (_, r) in &waiting {
             for (p, to) in &r.to {
                 let Some(from) = r.from.get(p).filter(|f| *f < to) else {
                     continue;
@@ -190,6 +204,11 @@ impl Replayer {
                 start.entry(*p).and_modify(|s| *s = (*s).min(*from)).or_insert(*from);
                 end.entry(*p).and_modify(|e| *e = (*e).max(*to)).or_insert(*to);
             }
+        }
+        let mut requests: HashMap<u64, Vec<Request>> = HashMap::new();
+        let count = waiting.len();
+        for (requester, request) in waiting {
+            requests.entry(requester).or_default().push(request);
         }
         let consumer = loop {
             match self.consumer() {
@@ -210,45 +229,51 @@ impl Replayer {
             tracing::warn!(%topic, %error, "catch-up not assigned");
             return;
         }
-        tracing::debug!(%topic, requests = requests.len(), ?start, ?end, "catch-up sweep");
+        tracing::debug!(%topic, requests = count, ?start, ?end, "catch-up sweep");
         let mut positions: BTreeMap<i32, i64> = start.clone();
+        let mut read: u64 = 0;
         while !requests.is_empty() {
             match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
                 Ok(Ok(record)) => {
                     let (partition, offset) = (record.partition(), record.offset());
                     positions.insert(partition, offset + 1);
                     self.metrics.replayed.inc();
+                    read += 1;
                     let key = record.key().and_then(|k| std::str::from_utf8(k).ok());
-                    let mut message: Option<Option<Message>> = None;
-                    requests.retain_mut(|r| {
-                        if !r.covers(partition, offset) {
-                            return !r.finish_if_done(&positions);
-                        }
-                        let wanted = key.is_some_and(|k| (r.wants)(k));
-                        r.skipped = if wanted { 0 } else { r.skipped + 1 };
-                        // Records not for it are progress only, said now and then so that
-                        // its stored position does not lag far behind.
-                        let sent = if wanted || r.skipped.is_multiple_of(256) {
-                            let m = if wanted {
-                                message.get_or_insert_with(|| decode(&record).ok()).clone()
-                            } else {
-                                None
-                            };
-                            r.tx.try_send(Replayed {
-                                partition,
-                                offset,
-                                message: m,
-                            })
-                            .map_err(|e| matches!(e, mpsc::error::TrySendError::Full(_)))
+                    if let Some(key) = key {
+                        let mut targets: Vec<u64> = if requests.len() <= ASK_EACH_UP_TO {
+                            requests.keys().copied().collect()
                         } else {
-                            Ok(())
+                            (self.candidates)(&topic, key)
                         };
-                        match sent {
-                            // Behind, or gone: let it go; it asks again from where it got.
-                            Err(_) => false,
-                            Ok(()) => !r.finish_if_done(&positions),
+                        targets.sort_unstable();
+                        targets.dedup();
+                        let mut message: Option<Option<Message>> = None;
+                        for requester in targets {
+                            let Some(list) = requests.get_mut(&requester) else {
+                                continue;
+                            };
+                            list.retain_mut(|r| {
+                                if !r.covers(partition, offset) || !(r.wants)(key) {
+                                    return true;
+                                }
+                                let m = message.get_or_insert_with(|| decode(&record).ok()).clone();
+                                let sent = r.tx.try_send(Replayed {
+                                    partition,
+                                    offset,
+                                    message: m,
+                                });
+                                // Behind, or gone: let it go; it asks again from where it got.
+                                sent.is_ok() && !r.finish_if_done(&positions)
+                            });
+                            if list.is_empty() {
+                                requests.remove(&requester);
+                            }
                         }
-                    });
+                    }
+                    if read.is_multiple_of(PROGRESS_EVERY) {
+                        progress(&mut requests, Some((partition, offset)), &positions);
+                    }
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(%topic, %error, "catch-up read error; retrying");
@@ -265,7 +290,7 @@ impl Replayer {
                             }
                         }
                     }
-                    requests.retain(|r| !r.finish_if_done(&positions) && !r.tx.is_closed());
+                    progress(&mut requests, None, &positions);
                 }
             }
         }
@@ -281,6 +306,27 @@ impl Replayer {
     }
 }
 
+/// Tells every request how far the sweep got (`at`: the record just read, when it is in
+/// the request's range) and lets go of those whose range is read, gone, or behind.
+fn progress(requests: &mut HashMap<u64, Vec<Request>>, at: Option<(i32, i64)>, positions: &BTreeMap<i32, i64>) {
+    requests.retain(|_, list| {
+        list.retain(|r| {
+            if let Some((partition, offset)) = at.filter(|(p, o)| r.covers(*p, *o)) {
+                let marker = Replayed {
+                    partition,
+                    offset,
+                    message: None,
+                };
+                if r.tx.try_send(marker).is_err() {
+                    return false;
+                }
+            }
+            !r.finish_if_done(positions) && !r.tx.is_closed()
+        });
+        !list.is_empty()
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +339,6 @@ mod tests {
             wants: Box::new(|_| true),
             tx,
             complete: Arc::new(AtomicBool::new(false)),
-            skipped: 0,
         }
     }
 

@@ -270,7 +270,7 @@ impl Connection {
     pub(super) fn replay_range(&mut self, topic: &str, from: BTreeMap<i32, i64>, to: BTreeMap<i32, i64>) {
         let (hub, id, kafka_topic) = (Arc::clone(&self.hub), self.id, topic.to_owned());
         let wants = Box::new(move |key: &str| hub.wants(id, &kafka_topic, key));
-        let reader = self.replayer.replay(topic.to_owned(), from, to, wants);
+        let reader = self.replayer.replay(topic.to_owned(), self.id, from, to, wants);
         self.replay = Some((Arc::from(topic), reader));
     }
 
