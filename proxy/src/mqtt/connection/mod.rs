@@ -77,7 +77,14 @@ where
             refuse_undecodable_connect(&mut transport, &error).await;
             return;
         }
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(_) => {
+            // No CONNECT in time: MQTT has no packet to say so before CONNECT, so the
+            // connection is closed, but counted and logged rather than silently.
+            hub.metrics().disconnects.with_label_values(&["connect_timeout"]).inc();
+            tracing::debug!(?connect_timeout, "no CONNECT in time; closing");
+            return;
+        }
     };
     let Some(version) = transport.codec().version() else {
         return;
