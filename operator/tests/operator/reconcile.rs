@@ -165,8 +165,12 @@ async fn a_resource_becomes_every_object_with_owner_references_and_compacted_top
 
     // Status: what a person and an HPA need.
     let proxy = env
-        .status_where("p", "2 pods exist", |p| {
-            p.status.as_ref().is_some_and(|s| s.replicas == 2)
+        .status_where("p", "2 pods exist and have references", |p| {
+            // References follow the pods the operator has seen, which can trail the
+            // StatefulSet's count by a reconcile.
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.replicas == 2 && s.server_references.len() == 2)
         })
         .await;
     let status = proxy.status.as_ref().expect("status");
