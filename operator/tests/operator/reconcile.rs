@@ -377,7 +377,11 @@ async fn kubectl_scale_changes_replicas_status_and_per_pod_services_and_an_hpa_c
 
     kubectl(&["-n", &env.namespace, "scale", "mkp/p", "--replicas=3"]);
     let proxy = env
-        .status_where("p", "3 pods", |p| p.status.as_ref().is_some_and(|s| s.replicas == 3))
+        .status_where("p", "3 pods with references", |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.replicas == 3 && s.server_references.len() == 3)
+        })
         .await;
     assert_eq!(proxy.spec.replicas, 3);
     assert_eq!(proxy.status.as_ref().map(|s| s.server_references.len()), Some(3));
@@ -449,7 +453,11 @@ async fn kubectl_scale_changes_replicas_status_and_per_pod_services_and_an_hpa_c
     .await;
     assert!(services.get_opt("p-0").await.expect("get").is_some());
     let proxy = env
-        .status_where("p", "1 pod", |p| p.status.as_ref().is_some_and(|s| s.replicas == 1))
+        .status_where("p", "1 pod with a reference", |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.replicas == 1 && s.server_references.len() == 1)
+        })
         .await;
     assert_eq!(proxy.status.as_ref().map(|s| s.server_references.len()), Some(1));
 
