@@ -13,8 +13,7 @@ pub struct Metrics {
     pub published: IntCounterVec,
     /// PUBLISH packets sent to subscribers.
     pub delivered: IntCounter,
-    /// Deliveries dropped, by reason (`queue_full`, `expired`, `too_large`,
-    /// `share_members_behind`: every member of a share on this process was behind).
+    /// Deliveries dropped, by reason (`queue_full`, `expired`, `too_large`).
     pub dropped: IntCounterVec,
     /// Kafka produce failures.
     pub kafka_errors: IntCounter,
@@ -42,6 +41,14 @@ pub struct Metrics {
     pub redirects: IntCounterVec,
     /// Sessions-topic partitions this process owns.
     pub owned_partitions: IntGauge,
+    /// Shared subscriptions with members here (one dispatcher each).
+    pub share_dispatchers: IntGauge,
+    /// Shared-subscription messages a member left without acknowledging, handed to
+    /// another member.
+    pub share_handed_back: IntCounter,
+    /// Times this process took over a partition of a share and read it again from the
+    /// share's stored cursor.
+    pub share_resumes: IntCounter,
 }
 
 // Names and help texts are constants, so construction can only fail on a programming
@@ -105,8 +112,23 @@ impl Metrics {
                 "owned_session_partitions",
                 "sessions-topic partitions this process owns",
             ),
+            share_dispatchers: gauge(
+                "share_dispatchers",
+                "shared subscriptions with members on this process",
+            ),
+            share_handed_back: counter(
+                "share_handed_back_total",
+                "shared-subscription messages a member left unacknowledged, handed to another",
+            ),
+            share_resumes: counter(
+                "share_resumes_total",
+                "share partitions taken over and read again from the stored cursor",
+            ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+            Box::new(metrics.share_dispatchers.clone()),
+            Box::new(metrics.share_handed_back.clone()),
+            Box::new(metrics.share_resumes.clone()),
             Box::new(metrics.redirects.clone()),
             Box::new(metrics.owned_partitions.clone()),
             Box::new(metrics.wills.clone()),

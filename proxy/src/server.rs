@@ -406,10 +406,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
 
     let limits = Arc::new(Limits::from_config(&config));
     let instance = config.effective_instance_id();
-    let store = Arc::clone(&sessions);
-    hub.set_share_policy(Box::new(move |share, partition, offset| {
-        store.share_here(share, partition, offset)
-    }));
+    hub.set_share_runtime(crate::hub::ShareRuntime {
+        sessions: Arc::clone(&sessions),
+        replayer: Arc::clone(&replayer),
+    });
     tasks.extend(crate::node::spawn(
         Arc::clone(&hub),
         Arc::clone(&sessions),

@@ -113,6 +113,18 @@ impl<S> Delivery<S> {
     }
 }
 
+/// What routing does with a share (`$share/{group}/{filter}`) that matches a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShareRoute<S> {
+    /// Another process delivers it.
+    Elsewhere,
+    /// One member here gets it, picked round-robin among those that can take it.
+    Member,
+    /// `S` gets it (at the message's QoS) and hands it to a member itself: the share's
+    /// dispatcher, which keeps it until a member acknowledges it.
+    Via(S),
+}
+
 /// The members of one share group on one filter.
 #[derive(Debug)]
 struct Group<S> {
@@ -124,6 +136,15 @@ struct Group<S> {
 }
 
 impl<S: Copy> Group<S> {
+    /// The next member in round-robin order that `can_take` a message; `None` when none can.
+    fn pick_strict(&self, can_take: &dyn Fn(S) -> bool) -> Option<(S, Grant)> {
+        let count = self.members.len();
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        let step = (0..count).find(|step| can_take(self.members[(turn + step) % count].0))?;
+        self.next.fetch_add(step, Ordering::Relaxed);
+        self.members.get((turn + step) % count).copied()
+    }
+
     /// The next member in round-robin order that `can_take` a message; when none can, the
     /// member whose turn it is (its delivery then fails where it is counted).
     fn pick(&self, can_take: &dyn Fn(S) -> bool) -> Option<(S, Grant)> {
@@ -338,19 +359,19 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
     /// of the publisher itself do not count. Each (share group, filter) pair that matches
     /// picks one member round-robin. Sorted by subscriber.
     pub fn route(&self, topic: &str, publisher_client_id: Option<&str>) -> Vec<Delivery<S>> {
-        self.route_sharing(topic, publisher_client_id, &|_| true, &|_| true)
+        self.route_sharing(topic, publisher_client_id, &|_| ShareRoute::Member, &|_| true)
     }
 
-    /// [`route`](Self::route), where a shared subscription (`$share/{group}/{filter}`)
-    /// delivers only when `share_here` says this process serves it for this message (one
-    /// process of a cluster delivers each message of a share), to a member that
+    /// [`route`](Self::route), where each shared subscription (`$share/{group}/{filter}`)
+    /// that matches goes where `share_route` says: nowhere here (another process of the
+    /// cluster serves it for this message), to its dispatcher, or to a member that
     /// `can_take` it if one can (a member that is behind is passed over, so the message
     /// goes to one that is not instead of waiting behind it).
     pub fn route_sharing(
         &self,
         topic: &str,
         publisher_client_id: Option<&str>,
-        share_here: &dyn Fn(&str) -> bool,
+        share_route: &dyn Fn(&str) -> ShareRoute<S>,
         can_take: &dyn Fn(S) -> bool,
     ) -> Vec<Delivery<S>> {
         let mut plain: Vec<(S, Grant)> = Vec::new();
@@ -364,13 +385,25 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
                 plain.push((subscriber, grant));
             }
             // MQTT 5 forbids No Local on shared subscriptions, so it is not checked there.
-            shared.extend(
-                node.groups
-                    .values()
-                    .filter(|g| !g.members.is_empty() && share_here(&g.share))
-                    .filter_map(|g| g.pick(can_take))
-                    .map(|(subscriber, grant)| Delivery::new(subscriber, grant, true)),
-            );
+            for group in node.groups.values().filter(|g| !g.members.is_empty()) {
+                match share_route(&group.share) {
+                    ShareRoute::Elsewhere => {}
+                    ShareRoute::Member => {
+                        if let Some((subscriber, grant)) = group.pick(can_take) {
+                            shared.push(Delivery::new(subscriber, grant, true));
+                        }
+                    }
+                    // The dispatcher takes the message as published: each member's grant
+                    // applies when it is handed on (`pick_member`).
+                    ShareRoute::Via(dispatcher) => shared.push(Delivery {
+                        subscriber: dispatcher,
+                        qos: 2,
+                        retain_as_published: true,
+                        identifiers: Vec::new(),
+                        shared: true,
+                    }),
+                }
+            }
             ControlFlow::Continue(())
         });
         let mut deliveries = merge(plain);
@@ -414,6 +447,37 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
         merge(plain).pop()
     }
 
+    /// A member of `share` (`$share/{group}/{filter}`) that `can_take` a message, the next
+    /// in round-robin order, with what its subscription grants; `None` when none can.
+    pub fn pick_member(&self, share: &str, can_take: &dyn Fn(S) -> bool) -> Option<Delivery<S>> {
+        let (subscriber, grant) = self.group(share)?.pick_strict(can_take)?;
+        Some(Delivery::new(subscriber, grant, true))
+    }
+
+    /// How many members `share` has here.
+    pub fn member_count(&self, share: &str) -> usize {
+        self.group(share).map_or(0, |g| g.members.len())
+    }
+
+    /// The shares with members here whose filter matches `topic`.
+    pub fn matching_shares(&self, topic: &str) -> Vec<&str> {
+        let mut found = Vec::new();
+        let _ = self.walk::<()>(topic, |node| {
+            found.extend(node.groups.values().filter(|g| !g.members.is_empty()).map(|g| &*g.share));
+            ControlFlow::Continue(())
+        });
+        found
+    }
+
+    fn group(&self, share: &str) -> Option<&Group<S>> {
+        let shared = topic::parse_shared(share).ok()??;
+        let mut id = ROOT;
+        for level in shared.filter.split('/') {
+            id = self.nodes[id].child(level)?;
+        }
+        self.nodes[id].groups.get(shared.group)
+    }
+
     /// The shares (`$share/{group}/{filter}`) that have members here, sorted.
     pub fn shares(&self) -> Vec<String> {
         let mut shares: Vec<String> = self
@@ -442,7 +506,7 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
     }
 
     /// Calls `visit` on every node whose filter matches `topic`.
-    fn walk<B>(&self, topic: &str, mut visit: impl FnMut(&Node<S>) -> ControlFlow<B>) -> ControlFlow<B> {
+    fn walk<'a, B>(&'a self, topic: &str, mut visit: impl FnMut(&'a Node<S>) -> ControlFlow<B>) -> ControlFlow<B> {
         // Filters starting with a wildcard do not match `$` topics (MQTT 5 4.7.2).
         let dollar = topic.starts_with('$');
         let mut stack: Vec<(NodeId, Split<'_, char>)> = vec![(ROOT, topic.split('/'))];
@@ -813,7 +877,7 @@ mod tests {
             index.insert(s, &format!("c{s}"), sub("$share/workers/jobs/+", 1));
         }
         let pick = |can_take: &dyn Fn(u64) -> bool| {
-            let deliveries = index.route_sharing("jobs/1", None, &|_| true, can_take);
+            let deliveries = index.route_sharing("jobs/1", None, &|_| ShareRoute::Member, can_take);
             assert_eq!(deliveries.len(), 1, "{deliveries:?}");
             deliveries[0].subscriber
         };

@@ -14,6 +14,11 @@ use crate::kafka::partitioner::murmur2;
 /// The owner of each partition `0..partitions` among `live` (instance ids); empty when no
 /// process is live.
 pub fn assign(partitions: i32, live: &[&str]) -> Vec<String> {
+    assign_by(partitions, live, score)
+}
+
+/// [`assign`] with scores from `score(instance, partition)`.
+fn assign_by(partitions: i32, live: &[&str], score: impl Fn(&str, i32) -> i32) -> Vec<String> {
     if live.is_empty() || partitions <= 0 {
         return Vec::new();
     }
@@ -74,16 +79,16 @@ pub fn place(
     }
 }
 
-/// Which of the processes with members of one share (`candidates`, sorted) delivers the
-/// record at `partition` / `offset`: spread evenly by the record, the same answer on
-/// every process, so each message of a share goes to one member in the whole cluster.
-pub fn share_server<'a>(candidates: &[&'a str], partition: i32, offset: i64) -> Option<&'a str> {
-    if candidates.is_empty() {
-        return None;
-    }
-    let hash = crate::kafka::partitioner::to_positive(murmur2(format!("{partition}/{offset}").as_bytes()));
-    let index = usize::try_from(hash).unwrap_or(0) % candidates.len();
-    Some(candidates[index])
+/// Which of the processes with members of one share (`candidates`) delivers the records of
+/// each messages partition `0..partitions` to its members: capped rendezvous hashing as in
+/// [`assign`], salted with the share's name so that different shares spread differently.
+/// Per partition, not per record, so that one process at a time keeps the share's cursor
+/// there (where its members have acknowledged up to); the same answer on every process,
+/// even, and a process joining or leaving moves few partitions.
+pub fn share_servers(candidates: &[&str], share: &str, partitions: i32) -> Vec<String> {
+    assign_by(partitions, candidates, |instance, partition| {
+        murmur2(format!("{instance}/{share}/{partition}").as_bytes())
+    })
 }
 
 #[cfg(test)]
@@ -124,16 +129,16 @@ mod tests {
     }
 
     #[test]
-    fn each_record_of_a_share_has_one_server_and_the_load_spreads() {
-        let candidates = ["p0", "p1", "p2"];
-        let mut counts = [0usize; 3];
-        for offset in 0..3000 {
-            let chosen = share_server(&candidates, 1, offset).expect("one");
-            assert_eq!(share_server(&candidates, 1, offset), Some(chosen), "stable");
-            counts[candidates.iter().position(|c| *c == chosen).unwrap_or(0)] += 1;
-        }
-        assert!(counts.iter().all(|c| *c > 800), "{counts:?}");
-        assert_eq!(share_server(&[], 0, 0), None);
+    fn each_partition_of_a_share_has_one_server_and_the_load_is_even() {
+        let share = "$share/g/a/#";
+        let servers = share_servers(&["p0", "p1", "p2"], share, 3);
+        assert_eq!(share_servers(&["p2", "p0", "p1"], share, 3), servers, "order-free");
+        assert_eq!(counts(&servers, &["p0", "p1", "p2"]), [1, 1, 1]);
+        let many = share_servers(&["p0", "p1", "p2"], share, 64);
+        assert!(counts(&many, &["p0", "p1", "p2"]).iter().all(|c| *c >= 20), "{many:?}");
+        let other = share_servers(&["p0", "p1", "p2"], "$share/h/a/#", 64);
+        assert_ne!(many, other, "shares spread differently");
+        assert!(share_servers(&[], share, 3).is_empty());
     }
 
     #[test]

@@ -18,10 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use tokio::sync::{Notify, watch};
 
+mod dispatch;
 mod queue;
+mod share;
 
 pub use queue::QueueReceiver;
 use queue::QueueSender;
+pub use share::ShareRuntime;
+use share::Shares;
 
 use crate::broker::identity::IdentityPatterns;
 use crate::broker::message::Message;
@@ -68,6 +72,10 @@ pub struct Outgoing {
     /// RETAIN flag to send: retained replay, or Retain As Published of a retained message.
     pub retain: bool,
     pub identifiers: Vec<u32>,
+    /// Handed on by a shared subscription's dispatcher: the share, not the member's
+    /// session, keeps it until it is acknowledged (and gives it to another member if this
+    /// one goes away first), so the member does not store it with its session.
+    pub shared: bool,
 }
 
 /// What a connection gets from the hub when it registers.
@@ -94,10 +102,6 @@ struct Tracking {
     /// Catch-ups under way: the next offset each will read.
     replaying: HashMap<String, Replaying>,
 }
-
-/// Whether this process delivers a record (`partition`, `offset`) to its members of a
-/// share.
-pub type SharePolicy = Box<dyn Fn(&str, i32, i64) -> bool + Send + Sync>;
 
 /// One live connection, as [`Hub::connections`] lists it.
 #[derive(Clone, Debug)]
@@ -136,6 +140,8 @@ struct Live {
     kick: watch::Sender<Option<Kick>>,
     tracking: Mutex<Tracking>,
     lagging: Arc<Notify>,
+    /// A shared subscription's dispatcher, not a client connection.
+    dispatcher: bool,
 }
 
 /// 0x8E Session taken over.
@@ -152,10 +158,13 @@ pub struct Hub {
     live: RwLock<HashMap<ConnId, Live>>,
     clients: Mutex<HashMap<String, ConnId>>,
     indexes: HashMap<String, RwLock<SubscriptionIndex<ConnId>>>,
-    /// Decides, per record, whether this process serves a shared subscription
-    /// (`share, partition, offset`); set once the cluster is known, else every share is
-    /// served here.
-    share_policy: std::sync::OnceLock<SharePolicy>,
+    /// What shared subscriptions need beyond the hub (who serves which partition of a
+    /// share, its cursors, catch-ups); set once the Kafka side exists. Until then (and in
+    /// tests of the hub alone) each message of a share goes straight to a member here.
+    share_runtime: std::sync::OnceLock<ShareRuntime>,
+    /// The shared subscriptions with members here: their dispatchers, and what each has
+    /// handed to which member.
+    shares: Shares,
     /// Per messages topic, the offset the fan-out dispatches next in each partition;
     /// changed only under that topic's index lock.
     fanout: HashMap<String, Mutex<BTreeMap<i32, i64>>>,
@@ -206,7 +215,8 @@ impl Hub {
             live: RwLock::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             indexes,
-            share_policy: std::sync::OnceLock::new(),
+            share_runtime: std::sync::OnceLock::new(),
+            shares: Shares::default(),
             fanout,
             retained: RwLock::new(RetainedStore::new()),
         }
@@ -230,6 +240,17 @@ impl Hub {
     /// are the positions of a resumed session: the connection starts lagging there, and
     /// catches up from them (partitions it has no position for start at the fan-out's).
     pub fn register(&self, client_id: &str, mqtt5: bool, listener: Arc<str>, resume_from: &Positions) -> Registration {
+        self.register_as(client_id, mqtt5, listener, resume_from, false)
+    }
+
+    fn register_as(
+        &self,
+        client_id: &str,
+        mqtt5: bool,
+        listener: Arc<str>,
+        resume_from: &Positions,
+        dispatcher: bool,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliveries_tx, deliveries) = queue::channel(self.queue_capacity, self.queue_bytes);
         let (kick, kicked) = watch::channel(None);
@@ -258,8 +279,17 @@ impl Hub {
                 kick,
                 tracking: Mutex::new(tracking),
                 lagging: Arc::clone(&lagging),
+                dispatcher,
             },
         );
+        if dispatcher {
+            return Registration {
+                id,
+                deliveries,
+                kicked,
+                lagging,
+            };
+        }
         let previous = self
             .clients
             .lock()
@@ -281,9 +311,9 @@ impl Hub {
         }
     }
 
-    /// Sets who serves which share (once).
-    pub fn set_share_policy(&self, policy: SharePolicy) {
-        let _ = self.share_policy.set(policy);
+    /// Sets what shared subscriptions need of the Kafka side (once).
+    pub fn set_share_runtime(&self, runtime: ShareRuntime) {
+        let _ = self.share_runtime.set(runtime);
     }
 
     /// The shares (`$share/{group}/{filter}`) this process has members of.
@@ -298,6 +328,7 @@ impl Hub {
     pub fn connections(&self) -> Vec<LiveConnection> {
         read(&self.live)
             .iter()
+            .filter(|(_, l)| !l.dispatcher)
             .map(|(id, l)| LiveConnection {
                 id: *id,
                 client_id: l.client_id.clone(),
@@ -308,7 +339,7 @@ impl Hub {
     }
 
     pub fn connection_count(&self) -> usize {
-        read(&self.live).len()
+        read(&self.live).values().filter(|l| !l.dispatcher).count()
     }
 
     /// Tells connection `id` to close.
@@ -321,6 +352,11 @@ impl Hub {
     /// A delivery with `origin` is complete (acknowledged, or sent at QoS 0, or discarded
     /// for a reason that will not change: expired, too large).
     pub fn complete(&self, id: ConnId, origin: &Origin) {
+        if let Some(dispatcher) = self.shares.completed(id, origin) {
+            // A share's message: the share's cursor may move past it now.
+            self.complete(dispatcher, origin);
+            return;
+        }
         let live = read(&self.live);
         let Some(connection) = live.get(&id) else { return };
         let mut tracking = locked(&connection.tracking);
@@ -476,10 +512,15 @@ impl Hub {
     /// The connections whose own (non-shared) subscriptions match `mqtt_topic` on
     /// `kafka_topic`: who a catch-up of that record may be for.
     pub fn catch_up_candidates(&self, kafka_topic: &str, mqtt_topic: &str) -> Vec<ConnId> {
-        self.indexes
-            .get(kafka_topic)
-            .map(|index| read(index).plain_subscribers(mqtt_topic))
-            .unwrap_or_default()
+        let Some(index) = self.indexes.get(kafka_topic) else {
+            return Vec::new();
+        };
+        let index = read(index);
+        let mut candidates = index.plain_subscribers(mqtt_topic);
+        for share in index.matching_shares(mqtt_topic) {
+            candidates.extend(self.shares.dispatcher_of(share));
+        }
+        candidates
     }
 
     /// The delivery to connection `id` of a record its catch-up read, by its subscriptions
@@ -497,6 +538,9 @@ impl Hub {
     /// Forgets a connection and all its subscriptions.
     pub fn unregister(&self, id: ConnId, client_id: &str) {
         write(&self.live).remove(&id);
+        // What a share handed to it and it did not acknowledge goes to another member.
+        let handed_back = self.shares.member_gone(id);
+        self.metrics.share_handed_back.inc_by(handed_back);
         {
             let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
             if clients.get(client_id) == Some(&id) {
@@ -519,12 +563,15 @@ impl Hub {
 
     /// Adds or replaces a subscription in the index of every messages topic its filter
     /// reads; true when it replaced one with the same filter.
-    pub fn subscribe(&self, id: ConnId, client_id: &str, subscription: &Subscription) -> bool {
+    pub fn subscribe(self: &Arc<Self>, id: ConnId, client_id: &str, subscription: &Subscription) -> bool {
         let mut existed = false;
         for topic in self.routes.for_subscribe(&subscription.filter_as_sent()) {
             if let Some(index) = self.indexes.get(topic) {
                 existed |= write(index).insert(id, client_id, subscription.clone());
             }
+        }
+        if subscription.share_group.is_some() {
+            self.start_dispatcher(&subscription.filter_as_sent());
         }
         existed
     }
@@ -534,6 +581,9 @@ impl Hub {
         let mut existed = false;
         for index in self.indexes.values() {
             existed |= write(index).remove(id, filter_as_sent);
+        }
+        if existed && filter_as_sent.starts_with(crate::broker::topic::SHARED_PREFIX) {
+            self.shares.wake_all(); // a dispatcher may have lost its last member
         }
         existed
     }
@@ -596,16 +646,17 @@ impl RecordSink for Hub {
         };
         // Held until the position moves past this record (see `rejoin` and `positions`).
         let index = read(index);
-        let share_here = |share: &str| self.share_policy.get().is_none_or(|p| p(share, partition, offset));
+        let partitions = i32::try_from(locked(fanout).len()).unwrap_or(i32::MAX);
+        let share_route = |share: &str| self.share_route(share, partition, partitions, message.qos);
         let live = read(&self.live);
-        // A share member that is behind is passed over: its catch-up reads only its own
-        // subscriptions from Kafka, so a shared message skipped for it would be lost.
+        // (QoS 0 shared messages only:) a share member that is behind is passed over for
+        // one that is not.
         let can_take = |id: ConnId| {
             live.get(&id).is_some_and(|c| {
                 !locked(&c.tracking).lagging.contains_key(kafka_topic) && c.deliveries.has_room_for(&message)
             })
         };
-        let deliveries = index.route_sharing(&message.topic, message.publisher.as_deref(), &share_here, &can_take);
+        let deliveries = index.route_sharing(&message.topic, message.publisher.as_deref(), &share_route, &can_take);
         if !deliveries.is_empty() {
             let message = Arc::new(message);
             let origin = Origin {
@@ -624,6 +675,7 @@ impl RecordSink for Hub {
                     qos,
                     retain: delivery.retain_as_published && message.retain,
                     identifiers: delivery.identifiers,
+                    shared: false,
                 };
                 if qos == 0 {
                     if connection.deliveries.try_send(outgoing).is_err() {
@@ -633,10 +685,6 @@ impl RecordSink for Hub {
                 }
                 let mut tracking = locked(&connection.tracking);
                 if tracking.lagging.contains_key(kafka_topic) {
-                    if delivery.shared {
-                        // Every member of the share here is behind (see `can_take`).
-                        self.metrics.dropped.with_label_values(&["share_members_behind"]).inc();
-                    }
                     continue; // its catch-up reads this record from Kafka
                 }
                 let key = (Arc::clone(&origin.topic), partition);
@@ -660,9 +708,6 @@ impl RecordSink for Hub {
                     tracking.lagging.insert(kafka_topic.to_owned(), locked(fanout).clone());
                     connection.lagging.notify_one();
                     self.metrics.lagging.inc();
-                    if delivery.shared {
-                        self.metrics.dropped.with_label_values(&["share_members_behind"]).inc();
-                    }
                 }
             }
         }

@@ -134,6 +134,7 @@ mod tests {
             qos: 1,
             retain: false,
             identifiers: Vec::new(),
+            shared: false,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::broker::message::now_ms;
 use crate::broker::session::SessionState;
 use crate::cluster::membership::{self, Heartbeat, Membership, ServerReferences};
 use crate::cluster::ownership;
+use crate::cluster::share_cursor::{self, ShareCursor};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::producer::{PublishError, Publisher};
 
@@ -42,6 +43,9 @@ struct Watcher {
     generation: u64,
     taken_over: watch::Sender<bool>,
 }
+
+/// The server of each messages partition of one share.
+type ShareServers = Arc<Vec<String>>;
 
 /// Per offset, who waits for the reader to pass it.
 type Waiters = BTreeMap<i64, Vec<oneshot::Sender<()>>>;
@@ -70,8 +74,13 @@ pub struct SessionStore {
     /// Per share, the live processes with members of it (sorted); refreshed with every
     /// heartbeat, read for every record of a share.
     share_servers: RwLock<HashMap<String, Vec<String>>>,
+    /// Per (share, messages partitions), the server of each partition; computed when first
+    /// asked after each refresh of `share_servers`.
+    share_assignments: RwLock<HashMap<(String, i32), ShareServers>>,
     /// CONNECTs waiting for the end of a partition (see `end_of`).
     end_waiters: Mutex<HashMap<i32, EndWaiters>>,
+    /// The shares' cursors by (share, messages topic, partition).
+    share_cursors: Mutex<HashMap<(String, String, i32), ShareCursor>>,
 }
 
 /// The CONNECTs waiting for one partition's end, and whether a request is under way.
@@ -96,22 +105,94 @@ impl SessionStore {
             skipped: Mutex::new(0),
             membership: Mutex::new(Membership::default()),
             share_servers: RwLock::new(HashMap::new()),
+            share_assignments: RwLock::new(HashMap::new()),
             end_waiters: Mutex::new(HashMap::new()),
+            share_cursors: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Whether this process delivers the record at `partition` / `offset` to its members
-    /// of `share`: one process of those with members does, the same one on every process.
-    /// Before any heartbeat says who has members, every process serves its own.
-    pub fn share_here(&self, share: &str, partition: i32, offset: i64) -> bool {
-        let servers = self.share_servers.read().unwrap_or_else(|e| e.into_inner());
-        match servers.get(share) {
-            Some(candidates) if !candidates.is_empty() => {
+    /// Whether this process serves the records of messages partition `partition` (of
+    /// `partitions`) to its members of `share`: one process of those with members does,
+    /// the same one on every process. Before any heartbeat says who has members, every
+    /// process serves its own.
+    pub fn share_here(&self, share: &str, partition: i32, partitions: i32) -> bool {
+        let key = (share.to_owned(), partitions);
+        let cached = self
+            .share_assignments
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let servers = match cached {
+            Some(servers) => servers,
+            None => {
+                let candidates = self.share_servers.read().unwrap_or_else(|e| e.into_inner());
+                let Some(candidates) = candidates.get(share).filter(|c| !c.is_empty()) else {
+                    return true;
+                };
                 let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
-                ownership::share_server(&candidates, partition, offset) == Some(self.instance.as_str())
+                let servers = Arc::new(ownership::share_servers(&candidates, share, partitions));
+                self.share_assignments
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, Arc::clone(&servers));
+                servers
             }
-            _ => true,
-        }
+        };
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| servers.get(p))
+            .is_none_or(|server| *server == self.instance)
+    }
+
+    /// The stored cursor of `share` in `topic` / `partition`.
+    pub fn share_cursor(&self, share: &str, topic: &str, partition: i32) -> Option<ShareCursor> {
+        locked(&self.share_cursors)
+            .get(&(share.to_owned(), topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// Writes the cursor of `share` in `topic` / `partition` (this process serves it
+    /// there) now, so that cursors written one after another land in that order; the
+    /// future resolves once Kafka acknowledged it.
+    pub fn store_share_cursor(
+        &self,
+        share: &str,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static + use<>, PublishError> {
+        let cursor = ShareCursor {
+            version: 1,
+            share: share.to_owned(),
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            owner: self.instance.clone(),
+            at_ms: now_ms(),
+        };
+        let key = ShareCursor::key(share, topic, partition);
+        // All cursors of a share in one sessions partition: one wait reads them all.
+        let written =
+            self.publisher
+                .enqueue_keyed(&self.topic, self.partition_of(share), &key, Some(&cursor.encode()))?;
+        locked(&self.share_cursors).insert((share.to_owned(), topic.to_owned(), partition), cursor);
+        Ok(written)
+    }
+
+    /// Waits until the view holds every cursor of `share` written before this call.
+    pub async fn read_share_cursors(self: &Arc<Self>, share: &str) -> Result<(), SessionError> {
+        self.catch_up(share).await
+    }
+
+    /// Whether a session that `connected_here` does not list (its client is offline, or on
+    /// another process) holds a subscription to `share`.
+    pub fn share_held_elsewhere(&self, share: &str, connected_here: &dyn Fn(&str) -> bool) -> bool {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|s| !connected_here(&s.client_id) && s.subscriptions.iter().any(|sub| sub.filter == share))
     }
 
     /// Recomputes which live process has members of which share.
@@ -130,7 +211,14 @@ impl SessionStore {
         for candidates in servers.values_mut() {
             candidates.sort();
         }
-        *self.share_servers.write().unwrap_or_else(|e| e.into_inner()) = servers;
+        let mut current = self.share_servers.write().unwrap_or_else(|e| e.into_inner());
+        if *current != servers {
+            *current = servers;
+            self.share_assignments
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
     }
 
     pub fn instance(&self) -> &str {
@@ -192,6 +280,8 @@ impl SessionStore {
             .publisher
             .enqueue_keyed(&self.topic, self.partition_of(&key), &key, None)?;
         locked(&self.membership).apply(&self.instance, None, std::time::Instant::now());
+        // It serves no share from now on: the others resume from the cursors.
+        self.refresh_shares();
         written.await?;
         Ok(())
     }
@@ -290,6 +380,22 @@ impl SessionStore {
 
     /// Applies one record of the sessions topic: a session, or a tombstone (`None`).
     pub fn apply(&self, client_id: &str, value: Option<&[u8]>) {
+        if let Some((share, topic, partition)) = share_cursor::cursor_of_key(client_id) {
+            let key = (share.to_owned(), topic.to_owned(), partition);
+            match value.map(ShareCursor::decode) {
+                Some(Ok(cursor)) => {
+                    locked(&self.share_cursors).insert(key, cursor);
+                }
+                None => {
+                    locked(&self.share_cursors).remove(&key);
+                }
+                Some(Err(error)) => {
+                    *locked(&self.skipped) += 1;
+                    tracing::warn!(key = %client_id, %error, "sessions-topic record skipped");
+                }
+            }
+            return;
+        }
         if let Some(instance) = membership::member_of_key(client_id) {
             let heartbeat = value.and_then(|v| serde_json::from_slice::<Heartbeat>(v).ok());
             // Our own departure read back must not undo a later heartbeat of a restart.

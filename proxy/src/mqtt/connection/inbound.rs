@@ -242,6 +242,7 @@ impl Connection {
                         message,
                         retain: true,
                         identifiers: identifier.into_iter().collect(),
+                        shared: false,
                     });
                 }
             }

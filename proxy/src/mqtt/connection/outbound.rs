@@ -56,7 +56,8 @@ impl Connection {
         let message = &outgoing.message;
         if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
             self.origins.insert(id.get(), origin.clone());
-            if !dup {
+            // A share keeps its messages itself (see `Outgoing::shared`).
+            if !dup && !outgoing.shared {
                 self.session.outbound.push(StoredOutbound {
                     packet_id: id.get(),
                     topic: origin.topic.to_string(),
@@ -331,6 +332,7 @@ impl Connection {
                 qos,
                 retain,
                 identifiers,
+                shared: false,
             };
             return self.send_publish(transport, outgoing, Some(id), true).await;
         }
@@ -344,6 +346,7 @@ impl Connection {
                     qos,
                     retain,
                     identifiers,
+                    shared: false,
                 };
                 self.deliver(transport, outgoing).await
             }
