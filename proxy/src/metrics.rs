@@ -112,10 +112,7 @@ impl Metrics {
                 "owned_session_partitions",
                 "sessions-topic partitions this process owns",
             ),
-            share_dispatchers: gauge(
-                "share_dispatchers",
-                "shared subscriptions with members on this process",
-            ),
+            share_dispatchers: gauge("share_dispatchers", "shared subscriptions with members on this process"),
             share_handed_back: counter(
                 "share_handed_back_total",
                 "shared-subscription messages a member left unacknowledged, handed to another",

@@ -532,3 +532,78 @@ async fn a_slow_subscriber_with_20000_messages_behind_gets_them_all_and_the_proc
     }
     assert!(proc.metric("mqtt_kafka_replayed_records_total").await >= 1.0);
 }
+
+/// Sends `total` QoS 1 PUBLISHes (`tasks/{i}`, payload `task-{i}`) and waits for every
+/// PUBACK with reason 0x00.
+async fn publish_tasks(publisher: &mut RawPeer, total: usize) {
+    for i in 0..total {
+        let id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+        publisher
+            .send(&publish_packet(&format!("tasks/{i}"), id, &format!("task-{i}"), false))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < total {
+        let packet = publisher.read_packet().await.expect("a PUBACK");
+        if packet[0] == 0x40 {
+            assert!(packet.len() == 4 || packet[4] == 0, "PUBACK {packet:02x?}");
+            acked += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_share_members_process_killed_with_messages_unacknowledged_loses_none_of_them() {
+    use std::collections::BTreeSet;
+    let mut cluster = TestCluster::start_with(2, false).await;
+    let filter = "$share/survive/tasks/#";
+    let (mut silent, ..) = connect_following(cluster.procs[0].port, "share-silent-0", true, 0, None).await;
+    subscribe(&mut silent, filter).await;
+    let (mut worker, ..) = connect_following(cluster.procs[1].port, "share-worker-1", true, 0, None).await;
+    subscribe(&mut worker, filter).await;
+    // Both processes announce the share (a heartbeat a second) and split its partitions.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut publisher, ..) = connect_following(cluster.procs[1].port, "share-survive-pub", true, 0, None).await;
+    let total = 60;
+    publish_tasks(&mut publisher, total).await;
+
+    // The member on process 0 acknowledges nothing of what it is given.
+    let mut held = BTreeSet::new();
+    while let Ok(Some(packet)) = tokio::time::timeout(Duration::from_millis(1500), silent.read_packet()).await {
+        if packet[0] & 0xF0 == 0x30 {
+            held.insert(parse_publish(&packet).1);
+        }
+    }
+    let mut got = BTreeSet::new();
+    while let Ok((_, payload)) = tokio::time::timeout(Duration::from_millis(1500), next_publish(&mut worker)).await {
+        got.insert(payload);
+    }
+    assert!(!held.is_empty(), "process 0 serves some partitions of the share");
+    assert!(held.is_disjoint(&got), "a message went to both members");
+    assert_eq!(held.len() + got.len(), total, "every message went to a member");
+
+    // Process 0 dies with them: process 1 takes its partitions of the share over and
+    // reads them again from the share's cursor.
+    let killed = Instant::now();
+    cluster.procs[0].kill();
+    while got.len() < total {
+        // In slices shorter than the peer's own read timeout, so that the message below
+        // says what is missing.
+        if let Ok((_, payload)) = tokio::time::timeout(Duration::from_secs(5), next_publish(&mut worker)).await {
+            got.insert(payload);
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "30 s after the kill the survivor's member has {} of {total}; missing {:?}",
+            got.len(),
+            held.difference(&got).collect::<Vec<_>>()
+        );
+    }
+    assert!(held.is_subset(&got));
+    assert!(cluster.procs[1].metric("mqtt_kafka_share_resumes_total").await >= 1.0);
+    eprintln!(
+        "{} messages held by the killed process's member reached the survivor's {:?} after SIGKILL",
+        held.len(),
+        killed.elapsed()
+    );
+}

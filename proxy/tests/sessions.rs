@@ -262,6 +262,53 @@ async fn each_message_of_a_shared_subscription_goes_to_one_member_across_process
 }
 
 #[tokio::test]
+async fn a_share_member_that_leaves_without_acknowledging_hands_its_messages_to_another_member() {
+    use std::collections::BTreeSet;
+    use support::RawPeer;
+    use support::processes::{next_publish, parse_publish, subscribe};
+    let procs = cluster(1).await;
+    let filter = "$share/handback/work/#";
+    let mut silent = RawPeer::connect_v5(&procs[0], "share-silent").await;
+    subscribe(&mut silent, filter).await;
+    let mut worker = RawPeer::connect_v5(&procs[0], "share-worker").await;
+    subscribe(&mut worker, filter).await;
+    let mut publisher = Client::connect(&procs[0], "share-handback-pub").await;
+    let total = 40;
+    publisher.publish_acked(0..total, |i| format!("work/{i}"), 0).await;
+
+    // The silent member takes its turns and acknowledges none of them.
+    let mut held = BTreeSet::new();
+    while let Ok(Some(packet)) = tokio::time::timeout(Duration::from_millis(1500), silent.read_packet()).await {
+        if packet[0] & 0xF0 == 0x30 {
+            held.insert(parse_publish(&packet).1);
+        }
+    }
+    let mut got = BTreeSet::new();
+    while let Ok((_, payload)) = tokio::time::timeout(Duration::from_millis(1500), next_publish(&mut worker)).await {
+        got.insert(payload);
+    }
+    assert!(!held.is_empty(), "the silent member got its turns");
+    assert!(held.is_disjoint(&got), "a message went to both members");
+    assert_eq!(held.len() + got.len(), total, "every message went to a member");
+
+    // It leaves: what it held goes to the other member.
+    drop(silent);
+    while got.len() < total {
+        let (_, payload) = tokio::time::timeout(Duration::from_secs(10), next_publish(&mut worker))
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {total} messages reached the remaining member", got.len()));
+        got.insert(payload);
+    }
+    assert!(held.is_subset(&got));
+    let handed_back = procs[0].metric("mqtt_kafka_share_handed_back_total").await;
+    assert!(
+        handed_back.is_some_and(|n| n >= held.len() as f64),
+        "handed back: {handed_back:?}, held {}",
+        held.len()
+    );
+}
+
+#[tokio::test]
 async fn a_qos2_publish_retried_on_another_process_after_a_reconnect_is_stored_once() {
     use support::{KafkaReader, RawPeer};
     let procs = cluster(2).await;

@@ -463,7 +463,12 @@ impl<S: Copy + Eq + Hash + Ord> SubscriptionIndex<S> {
     pub fn matching_shares(&self, topic: &str) -> Vec<&str> {
         let mut found = Vec::new();
         let _ = self.walk::<()>(topic, |node| {
-            found.extend(node.groups.values().filter(|g| !g.members.is_empty()).map(|g| &*g.share));
+            found.extend(
+                node.groups
+                    .values()
+                    .filter(|g| !g.members.is_empty())
+                    .map(|g| &*g.share),
+            );
             ControlFlow::Continue(())
         });
         found

@@ -96,7 +96,11 @@ mod tests {
         assert!(key.starts_with(super::super::membership::RESERVED_PREFIX));
         assert_eq!(cursor_of_key(&key), Some(("$share/g/jobs/#", "mqtt-messages", 3)));
         assert_eq!(cursor_of_key("$mqtt-kafka/member/p0"), None);
-        assert_eq!(cursor_of_key("$mqtt-kafka/share/t/x/$share/g/a"), None, "partition not a number");
+        assert_eq!(
+            cursor_of_key("$mqtt-kafka/share/t/x/$share/g/a"),
+            None,
+            "partition not a number"
+        );
         let c = cursor(10, 5);
         assert_eq!(ShareCursor::decode(&c.encode()).ok(), Some(c));
     }
@@ -105,12 +109,28 @@ mod tests {
     fn a_new_server_resumes_at_the_cursor_unless_it_is_ahead_or_an_orphan() {
         let now = 10 * ORPHAN_AFTER_MS;
         let recent = cursor(10, now - 1000);
-        assert_eq!(resume_at(Some(&recent), 50, now, false, false), Some(10), "its server just died");
-        assert_eq!(resume_at(Some(&recent), 10, now, true, false), None, "nothing behind the live end");
+        assert_eq!(
+            resume_at(Some(&recent), 50, now, false, false),
+            Some(10),
+            "its server just died"
+        );
+        assert_eq!(
+            resume_at(Some(&recent), 10, now, true, false),
+            None,
+            "nothing behind the live end"
+        );
         assert_eq!(resume_at(None, 50, now, true, true), None);
         let old = cursor(10, now - ORPHAN_AFTER_MS - 1);
         assert_eq!(resume_at(Some(&old), 50, now, false, false), None, "orphan");
-        assert_eq!(resume_at(Some(&old), 50, now, true, false), Some(10), "its server lives");
-        assert_eq!(resume_at(Some(&old), 50, now, false, true), Some(10), "an offline session holds it");
+        assert_eq!(
+            resume_at(Some(&old), 50, now, true, false),
+            Some(10),
+            "its server lives"
+        );
+        assert_eq!(
+            resume_at(Some(&old), 50, now, false, true),
+            Some(10),
+            "an offline session holds it"
+        );
     }
 }

@@ -169,8 +169,7 @@ impl Dispatcher {
         for (topic, partition, fanout) in gained {
             let cursor = sessions.share_cursor(&share, &topic, partition);
             let owner_live = cursor.as_ref().is_some_and(|c| live.contains(&c.owner));
-            let Some(from) = share_cursor::resume_at(cursor.as_ref(), fanout, now, owner_live, held_elsewhere)
-            else {
+            let Some(from) = share_cursor::resume_at(cursor.as_ref(), fanout, now, owner_live, held_elsewhere) else {
                 continue;
             };
             if self.hub.lag_from(self.id, &topic, partition, from) {
@@ -194,7 +193,10 @@ impl Dispatcher {
             for (partition, offset) in offsets {
                 // Asked again now: a process that no longer serves a partition must not
                 // move the cursor of the one that does.
-                let here = self.runtime.sessions.share_here(&self.entry.name, partition, partitions);
+                let here = self
+                    .runtime
+                    .sessions
+                    .share_here(&self.entry.name, partition, partitions);
                 if !owned.contains(&partition) || !here {
                     continue;
                 }
@@ -239,10 +241,7 @@ impl Dispatcher {
     fn replay_range(&mut self, topic: &str, from: BTreeMap<i32, i64>, to: BTreeMap<i32, i64>) {
         let share = Arc::clone(&self.entry.name);
         let wants = Box::new(move |key: &str| Hub::share_wants(&share, key));
-        let reader = self
-            .runtime
-            .replayer
-            .replay(topic.to_owned(), self.id, from, to, wants);
+        let reader = self.runtime.replayer.replay(topic.to_owned(), self.id, from, to, wants);
         self.replay = Some((Arc::from(topic), reader));
     }
 
@@ -271,9 +270,9 @@ impl Dispatcher {
             return;
         };
         let served_here = self.owned.get(&*topic).is_some_and(|o| o.contains(&partition));
-        if let Some(message) = message.filter(|m| {
-            served_here && m.qos > 0 && Hub::share_wants(&self.entry.name, &m.topic)
-        }) {
+        if let Some(message) =
+            message.filter(|m| served_here && m.qos > 0 && Hub::share_wants(&self.entry.name, &m.topic))
+        {
             let origin = Origin {
                 topic: Arc::clone(&topic),
                 partition,

@@ -188,7 +188,10 @@ impl Hub {
             if entry.joins.load(Ordering::Acquire) != joins {
                 return false; // a member subscribed meanwhile
             }
-            if by_name.get(&entry.name).is_some_and(|e| e.dispatcher == entry.dispatcher) {
+            if by_name
+                .get(&entry.name)
+                .is_some_and(|e| e.dispatcher == entry.dispatcher)
+            {
                 by_name.remove(&entry.name);
             }
         }
