@@ -309,6 +309,44 @@ async fn a_share_member_that_leaves_without_acknowledging_hands_its_messages_to_
 }
 
 #[tokio::test]
+async fn a_share_whose_members_are_all_behind_catches_up_from_kafka_and_loses_nothing() {
+    use std::collections::BTreeSet;
+    use support::RawPeer;
+    use support::processes::{next_publish, parse_publish, subscribe};
+    let procs = cluster(1).await;
+    let mut member = RawPeer::connect_v5(&procs[0], "share-behind").await;
+    subscribe(&mut member, "$share/behind/load/#").await;
+    // 6 000 messages of 1 KiB: more than the share's queue holds (4 MiB), while its only
+    // member acknowledges nothing.
+    let total = 6000;
+    let mut publisher = Client::connect(&procs[0], "share-behind-pub").await;
+    publisher
+        .publish_acked(0..total, |i| format!("load/{}", i % 7), 1024)
+        .await;
+    let mut unacked = Vec::new();
+    let mut got = BTreeSet::new();
+    while let Ok(Some(packet)) = tokio::time::timeout(Duration::from_millis(1500), member.read_packet()).await {
+        if packet[0] & 0xF0 == 0x30 {
+            let (_, payload, id) = parse_publish(&packet);
+            got.insert(message_number(payload.as_bytes()));
+            unacked.extend(id);
+        }
+    }
+    assert!(got.len() < total, "the member was behind: it had {} at once", got.len());
+    let lags = procs[0].metric("mqtt_kafka_subscriber_lags_total").await.unwrap_or(0.0);
+    assert!(lags >= 1.0, "the share's dispatcher lagged ({lags})");
+    for id in unacked {
+        member.send(&[0x40, 2, id[0], id[1]]).await;
+    }
+    while got.len() < total {
+        let (_, payload) = tokio::time::timeout(Duration::from_secs(10), next_publish(&mut member))
+            .await
+            .unwrap_or_else(|_| panic!("the member has {} of {total} messages", got.len()));
+        got.insert(message_number(payload.as_bytes()));
+    }
+}
+
+#[tokio::test]
 async fn a_qos2_publish_retried_on_another_process_after_a_reconnect_is_stored_once() {
     use support::{KafkaReader, RawPeer};
     let procs = cluster(2).await;
