@@ -10,7 +10,7 @@
 //! process serves them. QoS 0 messages go straight to a member, as before.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::Notify;
@@ -59,6 +59,9 @@ pub(super) struct Shares {
     by_name: RwLock<HashMap<Arc<str>, Arc<ShareEntry>>>,
     /// Per member, what it holds for shares, by record.
     handed: Mutex<HashMap<ConnId, HashMap<Origin, Vec<Handed>>>>,
+    /// How many messages `handed` holds (at least: counted before they are handed), so
+    /// that completions on a process without shares do not take its lock.
+    handed_count: AtomicUsize,
 }
 
 impl Shares {
@@ -70,6 +73,9 @@ impl Shares {
     /// Member `id` completed the delivery of `origin`: the dispatcher whose message it was,
     /// if it was a share's.
     pub(super) fn completed(&self, id: ConnId, origin: &Origin) -> Option<ConnId> {
+        if self.handed_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let handed = {
             let mut handed = locked(&self.handed);
             let held = handed.get_mut(&id)?;
@@ -81,6 +87,7 @@ impl Shares {
             if held.is_empty() {
                 handed.remove(&id);
             }
+            self.handed_count.fetch_sub(1, Ordering::AcqRel);
             one
         };
         handed.entry.room.notify_one();
@@ -96,6 +103,8 @@ impl Shares {
             locked(&handed.entry.returned).push_back(handed.outgoing);
             count += 1;
         }
+        self.handed_count
+            .fetch_sub(usize::try_from(count).unwrap_or(0), Ordering::AcqRel);
         self.wake_all();
         count
     }
@@ -235,7 +244,13 @@ impl Hub {
                 identifiers: delivery.identifiers,
                 shared: true,
             };
+            if qos > 0 {
+                self.shares.handed_count.fetch_add(1, Ordering::AcqRel);
+            }
             if member.deliveries.try_send(to_member).is_err() {
+                if qos > 0 {
+                    self.shares.handed_count.fetch_sub(1, Ordering::AcqRel);
+                }
                 return Err(outgoing);
             }
             if qos > 0 {

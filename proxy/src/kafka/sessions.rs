@@ -74,9 +74,9 @@ pub struct SessionStore {
     /// Per share, the live processes with members of it (sorted); refreshed with every
     /// heartbeat, read for every record of a share.
     share_servers: RwLock<HashMap<String, Vec<String>>>,
-    /// Per (share, messages partitions), the server of each partition; computed when first
-    /// asked after each refresh of `share_servers`.
-    share_assignments: RwLock<HashMap<(String, i32), ShareServers>>,
+    /// Per share, the server of each messages partition (and for how many partitions);
+    /// computed when first asked after each change of `share_servers`.
+    share_assignments: RwLock<HashMap<String, (i32, ShareServers)>>,
     /// CONNECTs waiting for the end of a partition (see `end_of`).
     end_waiters: Mutex<HashMap<i32, EndWaiters>>,
     /// The shares' cursors by (share, messages topic, partition).
@@ -116,13 +116,14 @@ impl SessionStore {
     /// the same one on every process. Before any heartbeat says who has members, every
     /// process serves its own.
     pub fn share_here(&self, share: &str, partition: i32, partitions: i32) -> bool {
-        let key = (share.to_owned(), partitions);
+        // Asked for every record of a share: no allocation on the way.
         let cached = self
             .share_assignments
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
+            .get(share)
+            .filter(|(count, _)| *count == partitions)
+            .map(|(_, servers)| Arc::clone(servers));
         let servers = match cached {
             Some(servers) => servers,
             None => {
@@ -135,7 +136,7 @@ impl SessionStore {
                 self.share_assignments
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, Arc::clone(&servers));
+                    .insert(share.to_owned(), (partitions, Arc::clone(&servers)));
                 servers
             }
         };
