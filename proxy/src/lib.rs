@@ -5,9 +5,11 @@
 //! runs each connection, `broker` decides (subscriptions, routes, retained view, session
 //! state), `kafka` stores and reads. `hub` sits above both: it ties the broker's decisions
 //! to the live connections and to Kafka. `cluster` decides ownership and redirects, `node`
-//! runs those decisions; `admin` serves health and metrics.
+//! runs those decisions; `auth` says who a client is and what it may do; `admin` serves
+//! health and metrics.
 
 pub mod admin;
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
