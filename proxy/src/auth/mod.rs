@@ -4,4 +4,5 @@
 //! in `filters`).
 
 pub mod filters;
+pub mod jwt;
 pub mod policy;
