@@ -5,4 +5,5 @@
 
 pub mod filters;
 pub mod jwt;
+pub mod keys;
 pub mod policy;
