@@ -97,7 +97,7 @@ impl Policy {
 
     /// May `who` publish to `topic` (a topic name, no wildcards)?
     pub fn publish(&self, who: &Principal, topic: &str) -> Result<(), Refusal> {
-        self.decide(who, Action::Publish, topic, |filter, t| topic::matches(filter, t))
+        self.decide(who, Action::Publish, topic, topic::matches)
     }
 
     /// May `who` subscribe to `filter` (`$share/{group}/{filter}` is decided by its filter)?
