@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod headers;
 pub mod health;
 pub mod partitioner;
 pub mod producer;
