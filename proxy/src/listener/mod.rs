@@ -5,6 +5,7 @@
 //! per-connection step runs in the connection's own task, so a slow or silent peer never
 //! holds up accepting the next one.
 
+pub mod deadline;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;

@@ -39,6 +39,7 @@ use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
 use crate::listener::Shared;
+use crate::listener::deadline::WriteDeadline;
 use crate::mqtt::codec::{MqttCodec, Version};
 use crate::mqtt::connect::{self, Limits};
 use crate::mqtt::inflight::Inflight;
@@ -65,6 +66,9 @@ where
         limits,
         connections,
     } = shared;
+    // Every write to the client has a deadline: one that does not read loses its
+    // connection instead of holding this task forever.
+    let stream = WriteDeadline::new(stream, limits.write_timeout);
     let mut transport = Framed::new(stream, MqttCodec::new(limits.maximum_packet_size));
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
@@ -90,7 +94,7 @@ where
         return;
     };
     let counter = ConnectionSlot::take(&connections);
-    let refuse = async |transport: &mut Transport<S>, reason: ConnectAckReason| {
+    let refuse = async |transport: &mut Transport<WriteDeadline<S>>, reason: ConnectAckReason| {
         hub.metrics()
             .connects
             .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
@@ -196,6 +200,7 @@ where
     connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
     hub.metrics().connects.with_label_values(&["success"]).inc();
     if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
+        count_write_timeout(&hub, &transport, &accepted.client_id);
         hub.unregister(registration.id, &accepted.client_id);
         sessions.unwatch(&accepted.client_id, connection.session.generation);
         session::close(
@@ -219,6 +224,7 @@ where
         .run(&mut transport, registration, taken_over, accepted.keep_alive)
         .await;
     hub.metrics().connections.dec();
+    count_write_timeout(&hub, &transport, &connection.client_id);
     let positions = hub.positions(connection.id);
     hub.unregister(connection.id, &connection.client_id);
     sessions.unwatch(&connection.client_id, connection.session.generation);
@@ -261,6 +267,15 @@ where
     }
     let _ = transport.get_mut().shutdown().await;
     drop(counter);
+}
+
+/// A connection that ended because the client stopped reading is counted
+/// (`server_disconnects_total{reason="write_timeout"}`): no DISCONNECT can reach it.
+fn count_write_timeout<S>(hub: &Hub, transport: &Transport<WriteDeadline<S>>, client_id: &str) {
+    if transport.get_ref().timed_out() {
+        hub.metrics().disconnects.with_label_values(&["write_timeout"]).inc();
+        tracing::info!(%client_id, "client did not read within the write deadline; connection closed");
+    }
 }
 
 /// Answers a CONNECT that could not be decoded: with the reason code when the version is
