@@ -6,6 +6,7 @@
 //! holds up accepting the next one.
 
 pub mod deadline;
+pub mod linger;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;

@@ -40,6 +40,7 @@ use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
 use crate::listener::Shared;
 use crate::listener::deadline::WriteDeadline;
+use crate::listener::linger;
 use crate::mqtt::codec::{MqttCodec, Version};
 use crate::mqtt::connect::{self, Limits};
 use crate::mqtt::inflight::Inflight;
@@ -57,6 +58,21 @@ pub async fn serve<S>(stream: S, shared: Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    // Every write to the client has a deadline: one that does not read loses its
+    // connection instead of holding this task forever.
+    let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
+    let mut transport = Framed::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
+    converse(&mut transport, shared).await;
+    // However it ended, the client can read what was sent last (DISCONNECT, a refusing
+    // CONNACK) before the socket closes, also while it is still writing.
+    linger::close(transport.get_mut()).await;
+}
+
+/// The MQTT conversation: CONNECT, the connection's life, its end.
+async fn converse<S>(transport: &mut Transport<WriteDeadline<S>>, shared: Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let Shared {
         hub,
         sessions,
@@ -66,10 +82,6 @@ where
         limits,
         connections,
     } = shared;
-    // Every write to the client has a deadline: one that does not read loses its
-    // connection instead of holding this task forever.
-    let stream = WriteDeadline::new(stream, limits.write_timeout);
-    let mut transport = Framed::new(stream, MqttCodec::new(limits.maximum_packet_size));
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
@@ -78,7 +90,7 @@ where
             return;
         }
         Ok(Some(Err(error))) => {
-            refuse_undecodable_connect(&mut transport, &error).await;
+            refuse_undecodable_connect(transport, &error).await;
             return;
         }
         Ok(None) => return,
@@ -105,7 +117,7 @@ where
     };
     let accepted = match connect::accept(&connect, version, &limits, counter.others(), assign_client_id) {
         Ok(accepted) => accepted,
-        Err(reason) => return refuse(&mut transport, reason).await,
+        Err(reason) => return refuse(transport, reason).await,
     };
     if let Some(max) = connect.max_packet_size {
         transport.codec_mut().set_max_outbound(max.get());
@@ -145,7 +157,7 @@ where
         Ok(opened) => opened,
         Err(error) => {
             tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
-            return refuse(&mut transport, ConnectAckReason::ServerUnavailable).await;
+            return refuse(transport, ConnectAckReason::ServerUnavailable).await;
         }
     };
     let resume_from = if opened.session_present {
@@ -200,7 +212,7 @@ where
     connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
     hub.metrics().connects.with_label_values(&["success"]).inc();
     if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
-        count_write_timeout(&hub, &transport, &accepted.client_id);
+        count_write_timeout(&hub, transport, &accepted.client_id);
         hub.unregister(registration.id, &accepted.client_id);
         sessions.unwatch(&accepted.client_id, connection.session.generation);
         session::close(
@@ -218,13 +230,13 @@ where
     tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
     if opened.session_present {
         // A write error here ends the connection in `run` at its first read.
-        let _ = connection.resume_outbound(&mut transport).await;
+        let _ = connection.resume_outbound(transport).await;
     }
     let ending = connection
-        .run(&mut transport, registration, taken_over, accepted.keep_alive)
+        .run(transport, registration, taken_over, accepted.keep_alive)
         .await;
     hub.metrics().connections.dec();
-    count_write_timeout(&hub, &transport, &connection.client_id);
+    count_write_timeout(&hub, transport, &connection.client_id);
     let positions = hub.positions(connection.id);
     hub.unregister(connection.id, &connection.client_id);
     sessions.unwatch(&connection.client_id, connection.session.generation);
@@ -265,7 +277,6 @@ where
         )
         .await;
     }
-    let _ = transport.get_mut().shutdown().await;
     drop(counter);
 }
 
@@ -438,10 +449,21 @@ impl Connection {
         let far_future = Duration::from_secs(86_400 * 365);
         let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
         tokio::pin!(deadline);
+        let mut paused = false;
         loop {
             if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
                 self.start_catch_up();
             }
+            // A 3.1.1 client is not read from while its window is full (`reads_more`); that
+            // silence is ours, so keep-alive starts again when reading does.
+            let reading = self.reads_more();
+            if reading
+                && std::mem::replace(&mut paused, false)
+                && let Some(grace) = grace
+            {
+                deadline.as_mut().reset(Instant::now() + grace);
+            }
+            paused |= !reading;
             let live_open = self.replay.is_none() && self.inflight.has_room();
             let replay_open = self.replay.is_some() && self.inflight.has_room();
             let step = tokio::select! {
@@ -454,7 +476,7 @@ impl Connection {
                 Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.on_kafka_ack(transport, id, qos, result).await
                 }
-                packet = transport.next() => match packet {
+                packet = transport.next(), if reading => match packet {
                     Some(Ok(packet)) => {
                         if let Some(grace) = grace {
                             deadline.as_mut().reset(Instant::now() + grace);
@@ -494,7 +516,7 @@ impl Connection {
                     }
                     Ok(())
                 }
-                _ = &mut deadline => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
+                _ = &mut deadline, if reading => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
             };
             if let Err(ending) = step {
                 return ending;
