@@ -1,6 +1,7 @@
 //! How connections end and begin under pressure (issue 9): a client the server disconnects
 //! can read the DISCONNECT even while it keeps writing; a 3.1.1 client is never
-//! disconnected for a Receive Maximum it was never told.
+//! disconnected for a Receive Maximum it was never told; before CONNECT, sockets count
+//! towards `mqtt.maxConnections` and packets have a small size limit.
 
 mod support;
 
@@ -104,4 +105,46 @@ async fn a_311_client_over_the_receive_maximum_is_held_back_not_disconnected() {
     // Still connected: PINGREQ is answered.
     peer.send(&[0xC0, 0]).await;
     assert_eq!(peer.read_packet().await.expect("PINGRESP"), [0xD0, 0]);
+}
+
+#[tokio::test]
+async fn sockets_that_have_not_sent_connect_count_towards_max_connections() {
+    let proxy = TestProxy::start_with(|c| c.mqtt.max_connections = 2).await;
+    let silent = RawPeer::connect(&proxy).await;
+    let _also_silent = RawPeer::connect(&proxy).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = RawPeer::connect(&proxy).await;
+    third.send(&RawPeer::v5_connect("third")).await;
+    let connack = third.read_packet().await.expect("CONNACK");
+    assert_eq!((connack[0], connack[3]), (0x20, 0x97), "CONNACK 0x97: {connack:02x?}");
+    // A silent socket that goes away gives its place back.
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut peer = RawPeer::connect(&proxy).await;
+        peer.send(&RawPeer::v5_connect("fourth")).await;
+        let connack = peer.read_packet().await.expect("CONNACK");
+        if connack[3] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never admitted: {connack:02x?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn before_connect_a_packet_announced_over_the_small_limit_is_refused_with_0x95() {
+    let proxy = TestProxy::start().await;
+    let mut peer = RawPeer::connect(&proxy).await;
+    // A v5 CONNECT announcing 200 000 bytes (within mqtt.maximumPacketSize, 1 MiB), of
+    // which only the protocol name and level arrive.
+    peer.send(b"\x10\xc0\x9a\x0c\x00\x04MQTT\x05\x02\x00\x1e").await;
+    let started = tokio::time::Instant::now();
+    let connack = peer.read_packet().await.expect("CONNACK");
+    assert_eq!((connack[0], connack[3]), (0x20, 0x95), "CONNACK 0x95: {connack:02x?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not at the CONNECT timeout"
+    );
+    assert!(peer.read_until_closed().await.is_empty(), "then closed");
 }

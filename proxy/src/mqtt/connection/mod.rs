@@ -15,7 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -38,9 +37,9 @@ use crate::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, S
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
-use crate::listener::Shared;
 use crate::listener::deadline::WriteDeadline;
 use crate::listener::linger;
+use crate::listener::{ConnectionSlot, Shared};
 use crate::mqtt::codec::{MqttCodec, Version};
 use crate::mqtt::connect::{self, Limits};
 use crate::mqtt::inflight::Inflight;
@@ -54,7 +53,8 @@ const DELIVERY_BATCH: usize = 256;
 type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
 
 /// Serves one accepted byte stream until it closes.
-pub async fn serve<S>(stream: S, shared: Shared)
+/// `slot` is its place in the process's connection count, taken at accept.
+pub async fn serve<S>(stream: S, shared: Shared, slot: ConnectionSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -62,14 +62,14 @@ where
     // connection instead of holding this task forever.
     let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
     let mut transport = Framed::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
-    converse(&mut transport, shared).await;
+    converse(&mut transport, shared, &slot).await;
     // However it ended, the client can read what was sent last (DISCONNECT, a refusing
     // CONNACK) before the socket closes, also while it is still writing.
     linger::close(transport.get_mut()).await;
 }
 
 /// The MQTT conversation: CONNECT, the connection's life, its end.
-async fn converse<S>(transport: &mut Transport<WriteDeadline<S>>, shared: Shared)
+async fn converse<S>(transport: &mut Transport<WriteDeadline<S>>, shared: Shared, slot: &ConnectionSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -80,7 +80,7 @@ where
         instance,
         listener,
         limits,
-        connections,
+        connections: _,
     } = shared;
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
@@ -105,7 +105,6 @@ where
     let Some(version) = transport.codec().version() else {
         return;
     };
-    let counter = ConnectionSlot::take(&connections);
     let refuse = async |transport: &mut Transport<WriteDeadline<S>>, reason: ConnectAckReason| {
         hub.metrics()
             .connects
@@ -115,7 +114,7 @@ where
             .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
             .await;
     };
-    let accepted = match connect::accept(&connect, version, &limits, counter.others(), assign_client_id) {
+    let accepted = match connect::accept(&connect, version, &limits, slot.others(), assign_client_id) {
         Ok(accepted) => accepted,
         Err(reason) => return refuse(transport, reason).await,
     };
@@ -211,6 +210,7 @@ where
     connack.session_present = opened.session_present;
     connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
     hub.metrics().connects.with_label_values(&["success"]).inc();
+    transport.codec_mut().connect_accepted();
     if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
         count_write_timeout(&hub, transport, &accepted.client_id);
         hub.unregister(registration.id, &accepted.client_id);
@@ -277,7 +277,6 @@ where
         )
         .await;
     }
-    drop(counter);
 }
 
 /// A connection that ended because the client stopped reading is counted
@@ -325,26 +324,6 @@ fn assign_client_id() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_i64(now_ms());
     format!("mqtt-kafka-{:016x}", hasher.finish())
-}
-
-/// Holds one place in the connection count while alive.
-struct ConnectionSlot(Arc<AtomicUsize>, usize);
-
-impl ConnectionSlot {
-    fn take(counter: &Arc<AtomicUsize>) -> Self {
-        let before = counter.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::clone(counter), before)
-    }
-    /// Connections that were live before this one.
-    fn others(&self) -> usize {
-        self.1
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// How a connection ended.
