@@ -257,12 +257,15 @@ async fn connect_kafka(
     }
     kafka_admin::check_sessions_compacted(&admin, &config.topics.sessions).await?;
 
-    let publisher = Arc::new(Publisher::new(
-        &bootstrap,
-        &properties,
-        &config.topics.retained,
-        Duration::from_secs(30),
-    )?);
+    let publisher = Arc::new(
+        Publisher::new(
+            &bootstrap,
+            &properties,
+            &config.topics.retained,
+            Duration::from_secs(30),
+        )?
+        .with_metrics(Arc::clone(metrics)),
+    );
     let hub = Arc::new(Hub::new(
         route_table(config)?,
         IdentityPatterns::parse(&config.clients)?,

@@ -7,6 +7,7 @@ pub mod headers;
 pub mod health;
 pub mod partitioner;
 pub mod producer;
+pub mod qos0;
 pub mod record;
 pub mod replay;
 pub mod sessions;

@@ -196,6 +196,8 @@ impl Connection {
                 match error {
                     PublishError::UnknownTopic(_) => PublishAckReason::TopicNameInvalid,
                     PublishError::Kafka { .. } => PublishAckReason::UnspecifiedError,
+                    // Only QoS 0 PUBLISHes are refused for the QoS 0 share.
+                    PublishError::Qos0Backlog => PublishAckReason::QuotaExceeded,
                 }
             }
         };
