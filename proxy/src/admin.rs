@@ -1,4 +1,5 @@
-//! The admin HTTP endpoint: `/healthz` (the process serves), `/readyz` (the Kafka clients
+//! The admin HTTP endpoint: `/healthz` (every long-lived task still runs, see
+//! [`crate::supervisor`]), `/readyz` (the Kafka clients
 //! the proxy produces and consumes with work, the retained view is loaded, the listeners are
 //! bound) and `/metrics` (Prometheus).
 
@@ -13,6 +14,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::supervisor::Liveness;
 
 /// What readiness depends on. Each Kafka client reports its own state under its own name
 /// (`producer`, `fan-out mqtt-messages`, ...), so `/readyz` tells what the proxy really
@@ -90,20 +92,32 @@ impl Readiness {
 struct AdminState {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    liveness: Arc<Liveness>,
 }
 
 /// Serves the admin endpoints on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<Readiness>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Arc<Readiness>, liveness: Arc<Liveness>) {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
             get(|State(s): State<Arc<AdminState>>| async move { s.metrics.render() }),
         )
-        .with_state(Arc::new(AdminState { metrics, readiness }));
+        .with_state(Arc::new(AdminState {
+            metrics,
+            readiness,
+            liveness,
+        }));
     if let Err(error) = axum::serve(listener, app).await {
         tracing::error!(%error, "admin endpoint stopped");
+    }
+}
+
+async fn healthz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    match state.liveness.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(dead) => (StatusCode::INTERNAL_SERVER_ERROR, format!("unhealthy: {dead}\n")),
     }
 }
 
@@ -146,5 +160,48 @@ mod tests {
         assert_eq!(r.check(), Err("retained messages are still loading".into()));
         loaded.store(true, Ordering::Release);
         assert_eq!(r.check(), Ok(()));
+    }
+
+    async fn get(address: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_naming_a_supervised_task_that_died() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let liveness = Arc::new(Liveness::new());
+        let readiness = Arc::new(Readiness::new(Arc::new(AtomicBool::new(true))));
+        let admin = tokio::spawn(serve(
+            listener,
+            Arc::new(Metrics::new()),
+            readiness,
+            Arc::clone(&liveness),
+        ));
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let (die, dying) = tokio::sync::oneshot::channel::<()>();
+        let _watcher = crate::supervisor::supervise(
+            &liveness,
+            "fan-out mqtt-messages",
+            tokio::spawn(async move {
+                let _ = dying.await;
+                panic!("header name is not UTF-8");
+            }),
+        );
+        let _ = die.send(());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let response = get(address, "/healthz").await;
+        assert!(response.starts_with("HTTP/1.1 500"), "{response}");
+        assert!(
+            response.contains("task fan-out mqtt-messages panicked: header name is not UTF-8"),
+            "{response}"
+        );
+        admin.abort();
     }
 }

@@ -489,6 +489,10 @@ pub struct Mqtt {
     /// Seconds a new connection has to send CONNECT before it is closed.
     #[schemars(range(min = 1))]
     pub connect_timeout: u16,
+    /// Seconds a write to a client may make no progress (the client does not read) before
+    /// the connection is closed.
+    #[schemars(range(min = 1))]
+    pub write_timeout: u16,
     /// Concurrent MQTT connections per pod; more get CONNACK 0x97 / 0x03.
     #[schemars(range(min = 1))]
     pub max_connections: u32,
@@ -509,6 +513,7 @@ impl Default for Mqtt {
             max_keep_alive: 300,
             server_keep_alive: None,
             connect_timeout: 10,
+            write_timeout: 10,
             max_connections: 100_000,
             max_inflight_outbound: 64,
             session_expiry_max: 86_400,
@@ -1036,6 +1041,9 @@ impl Config {
         }
         if mqtt.connect_timeout == 0 {
             v.err("mqtt.connectTimeout", "must be 1..=65535, got 0");
+        }
+        if mqtt.write_timeout == 0 {
+            v.err("mqtt.writeTimeout", "must be 1..=65535, got 0");
         }
         if mqtt.max_connections == 0 {
             v.err("mqtt.maxConnections", format!("must be 1..={}, got 0", u32::MAX));
@@ -1721,6 +1729,7 @@ mod tests {
         server_keep_alive_above_cap: with("mqtt: {maxKeepAlive: 60, serverKeepAlive: 120}\n")
             => "mqtt.serverKeepAlive", "must not exceed mqtt.maxKeepAlive (60)";
         connect_timeout_zero: with("mqtt: {connectTimeout: 0}\n") => "mqtt.connectTimeout", "got 0";
+        write_timeout_zero: with("mqtt: {writeTimeout: 0}\n") => "mqtt.writeTimeout", "got 0";
         max_connections_zero: with("mqtt: {maxConnections: 0}\n") => "mqtt.maxConnections", "got 0";
         max_inflight_outbound_zero: with("mqtt: {maxInflightOutbound: 0}\n")
             => "mqtt.maxInflightOutbound", "got 0";

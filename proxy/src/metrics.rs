@@ -17,6 +17,9 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Kafka produce failures.
     pub kafka_errors: IntCounter,
+    /// QoS 0 PUBLISHes that did not reach Kafka, by reason (`backlog`: QoS 0 held its
+    /// share of the producer queue; `kafka`: refused or not delivered).
+    pub qos0_dropped: IntCounterVec,
     /// Records that could not become MQTT messages, by reason (`null_key`, `bad_key`).
     pub records_skipped: IntCounterVec,
     /// Retained messages in the materialised view.
@@ -79,6 +82,11 @@ impl Metrics {
             delivered: counter("delivered_total", "PUBLISH packets sent to subscribers"),
             dropped: counter_vec("dropped_total", "deliveries dropped, by reason", "reason"),
             kafka_errors: counter("kafka_produce_errors_total", "Kafka produce failures"),
+            qos0_dropped: counter_vec(
+                "qos0_dropped_total",
+                "QoS 0 PUBLISHes not stored in Kafka, by reason",
+                "reason",
+            ),
             records_skipped: counter_vec(
                 "records_skipped_total",
                 "Kafka records not deliverable as MQTT, by reason",
@@ -122,10 +130,11 @@ impl Metrics {
                 "share partitions taken over and read again from the stored cursor",
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
             Box::new(metrics.share_dispatchers.clone()),
             Box::new(metrics.share_handed_back.clone()),
             Box::new(metrics.share_resumes.clone()),
+            Box::new(metrics.qos0_dropped.clone()),
             Box::new(metrics.redirects.clone()),
             Box::new(metrics.owned_partitions.clone()),
             Box::new(metrics.wills.clone()),

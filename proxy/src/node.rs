@@ -24,57 +24,66 @@ const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const MOVE_EVERY: Duration = Duration::from_millis(100);
 
 /// Starts the heartbeat, the adoption of orphaned sessions and (with redirects on) the
-/// mover; they run until their tasks are dropped.
+/// mover, each with its name; they run until their tasks are aborted.
 pub fn spawn(
     hub: Arc<Hub>,
     store: Arc<SessionStore>,
     limits: Arc<Limits>,
     references: ServerReferences,
-) -> Vec<JoinHandle<()>> {
+) -> Vec<(&'static str, JoinHandle<()>)> {
     let mut tasks = Vec::new();
     let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
-    tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-        loop {
-            tick.tick().await;
-            if let Err(error) = s.heartbeat(&references, h.shares()).await {
-                tracing::warn!(%error, "heartbeat not written");
-            }
-            let owned = s.owners(None).iter().filter(|o| *o == s.instance()).count();
-            h.metrics().owned_partitions.set(i64::try_from(owned).unwrap_or(0));
-        }
-    }));
-    let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
-    tasks.push(tokio::spawn(async move {
-        // Until this process has heard everyone's heartbeats, every host looks dead.
-        tokio::time::sleep(DEAD_AFTER + HEARTBEAT_EVERY).await;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            if s.is_loaded() {
-                session::adopt_orphans(&h, &s).await;
-            }
-        }
-    }));
-    if let Some(reason) = limits.redirect {
-        let per_tick = limits.redirects_per_second.div_ceil(10).max(1);
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(MOVE_EVERY);
+    tasks.push((
+        "heartbeat",
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
                 tick.tick().await;
-                let owners = store.owners(None);
-                if owners.is_empty() {
-                    continue;
+                if let Err(error) = s.heartbeat(&references, h.shares()).await {
+                    tracing::warn!(%error, "heartbeat not written");
                 }
-                let moved = kick_misplaced(&hub, &store, &owners, reason, per_tick, None);
-                if moved > 0 {
-                    hub.metrics()
-                        .redirects
-                        .with_label_values(&["moved"])
-                        .inc_by(u64::try_from(moved).unwrap_or(0));
+                let owned = s.owners(None).iter().filter(|o| *o == s.instance()).count();
+                h.metrics().owned_partitions.set(i64::try_from(owned).unwrap_or(0));
+            }
+        }),
+    ));
+    let (h, s) = (Arc::clone(&hub), Arc::clone(&store));
+    tasks.push((
+        "adopt orphaned sessions",
+        tokio::spawn(async move {
+            // Until this process has heard everyone's heartbeats, every host looks dead.
+            tokio::time::sleep(DEAD_AFTER + HEARTBEAT_EVERY).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if s.is_loaded() {
+                    session::adopt_orphans(&h, &s).await;
                 }
             }
-        }));
+        }),
+    ));
+    if let Some(reason) = limits.redirect {
+        let per_tick = limits.redirects_per_second.div_ceil(10).max(1);
+        tasks.push((
+            "move clients",
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(MOVE_EVERY);
+                loop {
+                    tick.tick().await;
+                    let owners = store.owners(None);
+                    if owners.is_empty() {
+                        continue;
+                    }
+                    let moved = kick_misplaced(&hub, &store, &owners, reason, per_tick, None);
+                    if moved > 0 {
+                        hub.metrics()
+                            .redirects
+                            .with_label_values(&["moved"])
+                            .inc_by(u64::try_from(moved).unwrap_or(0));
+                    }
+                }
+            }),
+        ));
     }
     tasks
 }

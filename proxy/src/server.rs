@@ -24,6 +24,7 @@ use crate::listener::{self, Shared, tls::TlsError};
 use crate::metrics::Metrics;
 use crate::mqtt::connect::Limits;
 use crate::mqtt::session as mqtt_session;
+use crate::supervisor::{Liveness, supervise};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -89,6 +90,8 @@ pub struct Server {
     pub mqtt_addresses: Vec<SocketAddr>,
     pub admin_address: SocketAddr,
     pub readiness: Arc<Readiness>,
+    /// Which long-lived tasks died (`/healthz`).
+    pub liveness: Arc<Liveness>,
     pub hub: Arc<Hub>,
     pub sessions: Arc<SessionStore>,
     publisher: Arc<Publisher>,
@@ -238,6 +241,7 @@ async fn connect_kafka(
     options: &StartOptions,
     metrics: &Arc<Metrics>,
     readiness: &Arc<Readiness>,
+    liveness: &Arc<Liveness>,
     retained_loaded: &Arc<AtomicBool>,
 ) -> Result<KafkaSide, ServerError> {
     let instance = config.effective_instance_id();
@@ -253,12 +257,15 @@ async fn connect_kafka(
     }
     kafka_admin::check_sessions_compacted(&admin, &config.topics.sessions).await?;
 
-    let publisher = Arc::new(Publisher::new(
-        &bootstrap,
-        &properties,
-        &config.topics.retained,
-        Duration::from_secs(30),
-    )?);
+    let publisher = Arc::new(
+        Publisher::new(
+            &bootstrap,
+            &properties,
+            &config.topics.retained,
+            Duration::from_secs(30),
+        )?
+        .with_metrics(Arc::clone(metrics)),
+    );
     let hub = Arc::new(Hub::new(
         route_table(config)?,
         IdentityPatterns::parse(&config.clients)?,
@@ -306,31 +313,39 @@ async fn connect_kafka(
             Arc::clone(&sink),
             supervision.clone(),
         );
-        tasks.push(reader.await?);
+        tasks.push(supervise(liveness, format!("fan-out {topic}"), reader.await?));
         metrics.fanout_consumers.inc();
     }
-    tasks.push(publisher.supervise(
+    let watcher = publisher.supervise(
         topics,
         supervision.every,
         supervision.policy,
         Arc::clone(readiness),
         Arc::clone(metrics),
+    );
+    tasks.push(supervise(liveness, "producer supervision", watcher));
+    let retained = consumer::start_retained_reader(
+        &bootstrap,
+        &properties,
+        &instance,
+        &config.topics.retained,
+        Arc::clone(&sink),
+        Arc::clone(retained_loaded),
+        supervision.clone(),
+    )
+    .await?;
+    tasks.push(supervise(
+        liveness,
+        format!("retained {}", config.topics.retained),
+        retained,
     ));
-    tasks.push(
-        consumer::start_retained_reader(
-            &bootstrap,
-            &properties,
-            &instance,
-            &config.topics.retained,
-            Arc::clone(&sink),
-            Arc::clone(retained_loaded),
-            supervision.clone(),
-        )
-        .await?,
-    );
-    tasks.push(
-        consumer::start_sessions_reader(&bootstrap, &properties, &instance, Arc::clone(&sessions), supervision).await?,
-    );
+    let sessions_reader =
+        consumer::start_sessions_reader(&bootstrap, &properties, &instance, Arc::clone(&sessions), supervision).await?;
+    tasks.push(supervise(
+        liveness,
+        format!("sessions {}", config.topics.sessions),
+        sessions_reader,
+    ));
     // The timers of sessions this instance served last (a restarted pod keeps its name).
     let (h, s, me) = (Arc::clone(&hub), Arc::clone(&sessions), instance.clone());
     tasks.push(tokio::spawn(async move {
@@ -357,6 +372,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     let metrics = Arc::new(Metrics::new());
     let retained_loaded = Arc::new(AtomicBool::new(false));
     let readiness = Arc::new(Readiness::new(Arc::clone(&retained_loaded)));
+    let liveness = Arc::new(Liveness::new());
     let mut tasks = Vec::new();
 
     let admin_address = config.admin.socket_addr()?;
@@ -372,11 +388,12 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         admin_listener,
         Arc::clone(&metrics),
         Arc::clone(&readiness),
+        Arc::clone(&liveness),
     )));
 
     let mut backoff = Duration::from_millis(500);
     let kafka = loop {
-        match connect_kafka(&config, &options, &metrics, &readiness, &retained_loaded).await {
+        match connect_kafka(&config, &options, &metrics, &readiness, &liveness, &retained_loaded).await {
             Ok(kafka) => {
                 readiness.report(KAFKA_SETUP, None);
                 break kafka;
@@ -410,7 +427,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         sessions: Arc::clone(&sessions),
         replayer: Arc::clone(&replayer),
     });
-    tasks.extend(crate::node::spawn(
+    let node_tasks = crate::node::spawn(
         Arc::clone(&hub),
         Arc::clone(&sessions),
         Arc::clone(&limits),
@@ -418,7 +435,12 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
             default: config.server_reference(&instance),
             by_listener: config.listener_server_references(&instance),
         },
-    ));
+    );
+    tasks.extend(
+        node_tasks
+            .into_iter()
+            .map(|(name, task)| supervise(&liveness, name, task)),
+    );
     let shared = Shared {
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
@@ -433,6 +455,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         mqtt_addresses: Vec::new(),
         admin_address,
         readiness,
+        liveness,
         hub,
         sessions,
         publisher,
@@ -453,13 +476,15 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
             listener: Arc::from(l.name.as_str()),
             ..shared.clone()
         };
-        server.listener_tasks.push(match transport {
+        let accept = match transport {
             Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
             Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),
             Transport::Websocket { path, tls } => {
                 tokio::spawn(listener::websocket::accept_loop(tcp, path, tls, shared))
             }
-        });
+        };
+        let name = format!("listener {}", l.name);
+        server.listener_tasks.push(supervise(&server.liveness, name, accept));
     }
     server.readiness.set_listening();
     Ok(server)

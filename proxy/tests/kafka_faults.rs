@@ -267,3 +267,62 @@ async fn publishing_resumes_after_the_broker_is_killed_and_restarted() {
     })
     .await;
 }
+
+/// A QoS 0 PUBLISH on `faults/flood`, MQTT 5, no properties.
+fn qos0_packet(payload: &[u8]) -> Vec<u8> {
+    let topic = b"faults/flood";
+    let mut packet = vec![0x30, u8::try_from(2 + topic.len() + 1 + payload.len()).expect("short")];
+    packet.extend_from_slice(&u16::try_from(topic.len()).expect("short").to_be_bytes());
+    packet.extend_from_slice(topic);
+    packet.push(0); // no properties
+    packet.extend_from_slice(payload);
+    packet
+}
+
+#[tokio::test]
+async fn a_qos0_flood_during_an_outage_does_not_starve_qos1_publishers() {
+    let node = KafkaNode::start().await.unwrap_or_else(|e| panic!("{e}"));
+    let bootstrap = node.bootstrap();
+    // A small producer queue, so that the flood below is more than all of it.
+    let proxy = TestProxy::start_with(|c| {
+        c.kafka.bootstrap_servers = bootstrap.clone();
+        c.kafka
+            .properties
+            .insert("queue.buffering.max.messages".into(), "2000".into());
+    })
+    .await;
+    let mut flooder = RawPeer::connect_v5(&proxy, "flooder").await;
+    let mut publisher = RawPeer::connect_v5(&proxy, "qos1-publisher").await;
+
+    node.pause().expect("pause");
+    let flood: Vec<u8> = (0..5000)
+        .flat_map(|i| qos0_packet(format!("f-{i}").as_bytes()))
+        .collect();
+    flooder.send(&flood).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.metric("mqtt_kafka_published_total{qos=\"0\"}").await != Some(5000.0) {
+        assert!(Instant::now() < deadline, "the proxy did not read the flood");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in 1..=10 {
+        publisher.send(&publish_packet(id, &format!("q-{id}"))).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    node.resume().expect("resume");
+
+    // Every QoS 1 PUBLISH is acknowledged 0x00 once Kafka is back: the flood did not
+    // leave it without room in the producer queue (that was an immediate 0x80).
+    for _ in 1..=10 {
+        let puback = publisher.read_packet().await.expect("PUBACK");
+        assert_eq!(puback[0], 0x40, "PUBACK: {puback:02x?}");
+        assert_eq!(puback.get(4).copied().unwrap_or(0), 0, "PUBACK reason: {puback:02x?}");
+    }
+    let dropped = proxy
+        .metric("mqtt_kafka_qos0_dropped_total{reason=\"backlog\"}")
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        (2000.0..5000.0).contains(&dropped),
+        "QoS 0 beyond its share of the queue is dropped and counted: {dropped}"
+    );
+}

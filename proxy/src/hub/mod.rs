@@ -34,7 +34,6 @@ use crate::broker::routes::RouteTable;
 use crate::broker::subscriptions::{Subscription, SubscriptionIndex};
 use crate::kafka::consumer::RecordSink;
 use crate::kafka::producer::{PublishError, Publisher};
-use crate::kafka::record::RecordError;
 use crate::metrics::Metrics;
 
 /// Identifies one live connection of this process.
@@ -725,14 +724,5 @@ impl RecordSink for Hub {
 
     fn retained(&self, topic: &str, message: Option<Message>) {
         self.set_retained(topic.to_owned(), message.map(Arc::new));
-    }
-
-    fn skipped(&self, kafka_topic: &str, error: RecordError) {
-        let reason = match error {
-            RecordError::NullKey => "null_key",
-            RecordError::KeyNotUtf8 | RecordError::KeyNotTopic => "bad_key",
-        };
-        tracing::debug!(%kafka_topic, %error, "record skipped");
-        self.metrics.records_skipped.with_label_values(&[reason]).inc();
     }
 }

@@ -9,14 +9,16 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::admin::Readiness;
 use crate::broker::message::{Message, now_ms};
+use crate::kafka::headers::raw_headers;
 use crate::kafka::health::{ClientHealth, Policy};
-use crate::kafka::record::{RecordError, message_from_record};
+use crate::kafka::record::{MAX_FIELD_LEN, RecordError, message_from_record};
 use crate::kafka::sessions::SessionStore;
+use crate::log_limit::{LogLimit, Verdict};
 use crate::metrics::Metrics;
 
 /// Where records go once decoded; the broker implements it.
@@ -27,8 +29,6 @@ pub trait RecordSink: Send + Sync + 'static {
     fn deliver(&self, kafka_topic: &str, partition: i32, offset: i64, message: Message);
     /// A retained-topic record: `Some` sets the retained message of `topic`, `None` deletes it.
     fn retained(&self, topic: &str, message: Option<Message>);
-    /// A record that cannot be delivered (null key, bad key).
-    fn skipped(&self, kafka_topic: &str, error: RecordError);
 }
 
 /// Why a reader could not start.
@@ -111,10 +111,44 @@ fn try_high_watermarks<C: Consumer>(
 }
 
 pub(crate) fn decode(record: &BorrowedMessage<'_>) -> Result<Message, RecordError> {
-    let headers = record.headers();
-    let pairs = headers.iter().flat_map(|h| h.iter()).map(|h| (h.key, h.value));
     let timestamp = record.timestamp().to_millis().unwrap_or_else(now_ms);
-    message_from_record(record.key(), record.payload(), timestamp, pairs)
+    message_from_record(record.key(), record.payload(), timestamp, raw_headers(record))
+}
+
+/// Lines about skipped records a reader may write per interval; every skip is counted.
+const SKIP_LINES: u32 = 10;
+const SKIP_LINES_EVERY: Duration = Duration::from_secs(10);
+
+/// How a reader reports records it cannot use: counted by reason
+/// (`mqtt_kafka_records_skipped_total{reason}`) and logged with where they are, so that a
+/// person can find them with a console consumer; a flood of them writes a bounded number
+/// of lines.
+struct Skips {
+    topic: String,
+    metrics: Arc<Metrics>,
+    lines: LogLimit,
+}
+
+impl Skips {
+    fn new(topic: &str, metrics: &Arc<Metrics>) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            metrics: Arc::clone(metrics),
+            lines: LogLimit::new(SKIP_LINES_EVERY, SKIP_LINES),
+        }
+    }
+
+    fn skip(&self, partition: i32, offset: i64, reason: &'static str, error: &dyn std::fmt::Display) {
+        self.metrics.records_skipped.with_label_values(&[reason]).inc();
+        if let Verdict::Write { left_out } = self.lines.check() {
+            let topic = &self.topic;
+            tracing::warn!(%topic, partition, offset, reason, %error, left_out, "Kafka record skipped");
+        }
+    }
+
+    fn record_error(&self, record: &BorrowedMessage<'_>, error: &RecordError) {
+        self.skip(record.partition(), record.offset(), error.reason(), error);
+    }
 }
 
 /// A consumer of one topic with every partition assigned by us (never committed), which
@@ -301,6 +335,7 @@ pub async fn start_fanout(
     let (mut reader, ends) =
         FollowedConsumer::start(name, bootstrap, properties, &group, topic, Offset::Offset).await?;
     sink.fanout_started(topic, &ends);
+    let skips = Skips::new(topic, &supervision.metrics);
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
         let every = supervision.every;
@@ -312,7 +347,7 @@ pub async fn start_fanout(
                     Ok(record) => {
                         match decode(&record) {
                             Ok(message) => sink.deliver(&topic, record.partition(), record.offset(), message),
-                            Err(error) => sink.skipped(&topic, error),
+                            Err(error) => skips.record_error(&record, &error),
                         }
                         reader.seen(record.partition(), record.offset());
                     }
@@ -352,6 +387,7 @@ pub async fn start_retained_reader(
     // Partitions still to be read up to their start-up end. Compaction leaves gaps, so
     // progress is the consumer's position, not the offset of the last record seen.
     let mut pending: Vec<(i32, i64)> = ends.into_iter().filter(|(_, end)| *end > 0).collect();
+    let skips = Skips::new(topic, &supervision.metrics);
     let topic = topic.to_owned();
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -385,7 +421,7 @@ pub async fn start_retained_reader(
                                     let key = message.topic.clone();
                                     sink.retained(&key, Some(message));
                                 }
-                                Err(error) => sink.skipped(&topic, error),
+                                Err(error) => skips.record_error(&record, &error),
                             },
                         }
                         reader.seen(record.partition(), record.offset());
@@ -424,6 +460,7 @@ pub async fn start_sessions_reader(
     let (mut reader, ends) =
         FollowedConsumer::start(name, bootstrap, properties, &group, &topic, |_| Offset::Beginning).await?;
     let ends: Vec<(i32, i64)> = ends;
+    let skips = Skips::new(&topic, &supervision.metrics);
     let loading = "sessions";
     supervision
         .readiness
@@ -441,9 +478,16 @@ pub async fn start_sessions_reader(
             tokio::select! {
                 received = consumer.recv() => match received {
                     Ok(record) => {
+                        let (partition, offset) = (record.partition(), record.offset());
                         match record.key().map(std::str::from_utf8) {
-                            Some(Ok(client_id)) => store.apply(client_id, record.payload()),
-                            _ => tracing::warn!(%topic, offset = record.offset(), "sessions-topic record without a UTF-8 key skipped"),
+                            Some(Ok(client_id)) if client_id.len() <= MAX_FIELD_LEN => {
+                                if let Err(error) = store.apply(client_id, record.payload()) {
+                                    skips.skip(partition, offset, "bad_session", &error);
+                                }
+                            }
+                            Some(Ok(client_id)) => skips.skip(partition, offset, "key_too_long", &RecordError::KeyTooLong(client_id.len())),
+                            Some(Err(_)) => skips.skip(partition, offset, "bad_key", &RecordError::KeyNotUtf8),
+                            None => skips.skip(partition, offset, "null_key", &RecordError::NullKey),
                         }
                         reader.seen(record.partition(), record.offset());
                         store.read_to(record.partition(), record.offset() + 1);

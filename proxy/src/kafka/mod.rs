@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod headers;
 pub mod health;
 pub mod partitioner;
 pub mod producer;
+pub mod qos0;
 pub mod record;
 pub mod replay;
 pub mod sessions;

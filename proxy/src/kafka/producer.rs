@@ -16,6 +16,7 @@ use crate::admin::Readiness;
 use crate::broker::message::Message;
 use crate::kafka::health::{ClientHealth, Policy, is_connectivity_error};
 use crate::kafka::partitioner::partition_for;
+use crate::kafka::qos0::{self, Qos0Budget};
 use crate::kafka::record::headers_of;
 use crate::metrics::Metrics;
 
@@ -30,6 +31,8 @@ pub enum PublishError {
     },
     #[error("Kafka topic {0} does not exist or has no partitions")]
     UnknownTopic(String),
+    #[error("QoS 0 PUBLISH dropped: QoS 0 holds its share of the Kafka producer queue")]
+    Qos0Backlog,
 }
 
 /// The producer in use and what it has seen; replaced together.
@@ -49,6 +52,10 @@ pub struct Publisher {
     retained_topic: String,
     partitions: RwLock<HashMap<String, i32>>,
     delivery_timeout: Duration,
+    /// QoS 0 records in the producer queue, bounded to their share of it.
+    qos0: Arc<Qos0Budget>,
+    /// The producer's own settings, for the QoS 0 share.
+    properties: Vec<(String, String)>,
 }
 
 fn lock(current: &Mutex<Current>) -> MutexGuard<'_, Current> {
@@ -89,7 +96,15 @@ impl Publisher {
             retained_topic: retained_topic.to_owned(),
             partitions: RwLock::new(HashMap::new()),
             delivery_timeout,
+            qos0: Arc::new(Qos0Budget::new(qos0::share(properties), Arc::new(Metrics::new()))),
+            properties: properties.to_vec(),
         })
+    }
+
+    /// Counts QoS 0 drops in `metrics` (a new publisher counts them in metrics of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.qos0 = Arc::new(Qos0Budget::new(qos0::share(&self.properties), metrics));
+        self
     }
 
     fn producer(&self) -> (Arc<FutureProducer>, u64) {
@@ -268,6 +283,23 @@ impl Publisher {
         partition_key: Option<&[u8]>,
     ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static + use<>, PublishError> {
         let partitions = self.partition_count(kafka_topic)?;
+        // QoS 0 may hold only its share of the producer queue, so that QoS 1/2 always
+        // find room in it (a Kafka outage fills the queue).
+        let qos0 = (message.qos == 0).then(|| Arc::clone(&self.qos0));
+        let reservation = match &qos0 {
+            Some(budget) => {
+                let records = if message.retain { 2 } else { 1 };
+                let bytes = records * (message.payload.len() + message.topic.len() + qos0::RECORD_OVERHEAD);
+                Some(budget.reserve(records, bytes).ok_or(PublishError::Qos0Backlog)?)
+            }
+            None => None,
+        };
+        let refused = |error: PublishError| {
+            if let Some(budget) = &qos0 {
+                budget.dropped("kafka", &error);
+            }
+            error
+        };
         let partition = partition_for(partition_key.unwrap_or(message.topic.as_bytes()), partitions);
         let headers = owned_headers(message);
         let record = FutureRecord::to(kafka_topic)
@@ -279,7 +311,7 @@ impl Publisher {
         let (producer, generation) = self.producer();
         let main = producer
             .send_result(record)
-            .map_err(|(e, _)| kafka_error(kafka_topic, e))?;
+            .map_err(|(e, _)| refused(kafka_error(kafka_topic, e)))?;
         let retained = if message.retain {
             let mut record = FutureRecord::<str, [u8]>::to(&self.retained_topic)
                 .key(message.topic.as_str())
@@ -291,7 +323,7 @@ impl Publisher {
             Some(
                 producer
                     .send_result(record)
-                    .map_err(|(e, _)| kafka_error(&self.retained_topic, e))?,
+                    .map_err(|(e, _)| refused(kafka_error(&self.retained_topic, e)))?,
             )
         } else {
             None
@@ -305,6 +337,10 @@ impl Publisher {
                 result = delivered(retained, &retained_topic).await;
             }
             record_outcome(&current, generation, &result);
+            drop(reservation);
+            if let (Some(budget), Err(error)) = (&qos0, &result) {
+                budget.dropped("kafka", error);
+            }
             result
         })
     }

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 
 use crate::broker::message::{Message, MessageProperties};
+use crate::broker::topic::validate_topic_name;
 
 pub const HEADER_QOS: &str = "mqtt-qos";
 pub const HEADER_CLIENT_ID: &str = "mqtt-client-id";
@@ -17,6 +18,10 @@ pub const HEADER_PAYLOAD_FORMAT: &str = "mqtt-payload-format";
 pub const HEADER_RESPONSE_TOPIC: &str = "mqtt-response-topic";
 pub const HEADER_CORRELATION_DATA: &str = "mqtt-correlation-data";
 
+/// The longest string or binary field MQTT can carry (a two-byte length): topic names,
+/// User Property names and values, Content Type, Response Topic, Correlation Data.
+pub const MAX_FIELD_LEN: usize = 65_535;
+
 /// Why a record cannot be delivered as an MQTT message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -26,6 +31,28 @@ pub enum RecordError {
     KeyNotUtf8,
     #[error("record key is not a valid MQTT topic name")]
     KeyNotTopic,
+    #[error("record key is {0} bytes long; an MQTT topic name holds at most 65535")]
+    KeyTooLong(usize),
+    #[error("a header name is not UTF-8 (User Property names must be)")]
+    HeaderNameNotUtf8,
+    #[error("header {name:?} is {len} bytes long (name or value); MQTT fields hold at most 65535")]
+    HeaderTooLong { name: String, len: usize },
+    #[error("header mqtt-response-topic is not a valid MQTT topic name")]
+    BadResponseTopic,
+}
+
+impl RecordError {
+    /// The `reason` label of `mqtt_kafka_records_skipped_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RecordError::NullKey => "null_key",
+            RecordError::KeyNotUtf8 | RecordError::KeyNotTopic => "bad_key",
+            RecordError::KeyTooLong(_) => "key_too_long",
+            RecordError::HeaderNameNotUtf8 => "header_name_not_utf8",
+            RecordError::HeaderTooLong { .. } => "header_too_long",
+            RecordError::BadResponseTopic => "bad_response_topic",
+        }
+    }
 }
 
 /// The headers of the record for `message`, in the order DESIGN lists them, then one per
@@ -65,16 +92,22 @@ pub fn headers_of(message: &Message) -> Vec<(&str, Cow<'_, [u8]>)> {
 
 /// Rebuilds the message from a record's parts. Records without `mqtt-qos` came from a
 /// plain Kafka producer: they count as QoS 1 and all their headers become User Properties.
-/// A null value is an empty payload.
+/// A null value is an empty payload. Header names come as bytes: any producer may write
+/// names that are not UTF-8, and such a record is refused, not a panic. So is a record
+/// with a key, header name or header value MQTT cannot carry (over 65535 bytes): sent
+/// anyway, it would fail to encode and end every matching subscriber's connection.
 pub fn message_from_record<'a>(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
     timestamp_ms: i64,
-    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    headers: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
 ) -> Result<Message, RecordError> {
     let key = key.ok_or(RecordError::NullKey)?;
+    if key.len() > MAX_FIELD_LEN {
+        return Err(RecordError::KeyTooLong(key.len()));
+    }
     let topic = std::str::from_utf8(key).map_err(|_| RecordError::KeyNotUtf8)?;
-    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+    if validate_topic_name(topic).is_err() {
         return Err(RecordError::KeyNotTopic);
     }
     let mut message = Message {
@@ -89,6 +122,7 @@ pub fn message_from_record<'a>(
     let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
     let p = &mut message.properties;
     for (name, value) in headers {
+        let name = std::str::from_utf8(name).map_err(|_| RecordError::HeaderNameNotUtf8)?;
         match name {
             HEADER_QOS => message.qos = parse_qos(value).unwrap_or(1),
             HEADER_CLIENT_ID => message.publisher = Some(text(value)),
@@ -100,12 +134,47 @@ pub fn message_from_record<'a>(
             }
             HEADER_CONTENT_TYPE => p.content_type = Some(text(value)),
             HEADER_PAYLOAD_FORMAT => p.payload_utf8 = value == Some(b"1"),
-            HEADER_RESPONSE_TOPIC => p.response_topic = Some(text(value)),
+            HEADER_RESPONSE_TOPIC => {
+                let topic = text(value);
+                if validate_topic_name(&topic).is_err() {
+                    return Err(RecordError::BadResponseTopic);
+                }
+                p.response_topic = Some(topic);
+            }
             HEADER_CORRELATION_DATA => p.correlation_data = Some(Bytes::copy_from_slice(value.unwrap_or_default())),
             other => p.user_properties.push((other.to_owned(), text(value))),
         }
     }
+    check_lengths(&message.properties)?;
     Ok(message)
+}
+
+/// Every field a PUBLISH carries fits MQTT's two-byte length (after the lossy UTF-8
+/// conversion of header values, which can make text longer).
+fn check_lengths(p: &MessageProperties) -> Result<(), RecordError> {
+    let too_long = |name: &str, len: usize| RecordError::HeaderTooLong {
+        name: name.chars().take(64).collect(),
+        len,
+    };
+    let fixed = [
+        (HEADER_CONTENT_TYPE, p.content_type.as_ref().map_or(0, String::len)),
+        (HEADER_RESPONSE_TOPIC, p.response_topic.as_ref().map_or(0, String::len)),
+        (
+            HEADER_CORRELATION_DATA,
+            p.correlation_data.as_ref().map_or(0, Bytes::len),
+        ),
+    ];
+    if let Some((name, len)) = fixed.into_iter().find(|(_, len)| *len > MAX_FIELD_LEN) {
+        return Err(too_long(name, len));
+    }
+    match p
+        .user_properties
+        .iter()
+        .find(|(name, value)| name.len().max(value.len()) > MAX_FIELD_LEN)
+    {
+        Some((name, value)) => Err(too_long(name, name.len().max(value.len()))),
+        None => Ok(()),
+    }
 }
 
 fn parse_qos(value: Option<&[u8]>) -> Option<u8> {
@@ -150,7 +219,7 @@ mod tests {
             Some(message.topic.as_bytes()),
             Some(&message.payload),
             message.timestamp_ms,
-            headers.iter().map(|(k, v)| (*k, Some(v.as_ref()))),
+            headers.iter().map(|(k, v)| (k.as_bytes(), Some(v.as_ref()))),
         )
         .expect("valid record")
     }
@@ -211,7 +280,7 @@ mod tests {
             Some(b"sensors/1"),
             Some(b"42"),
             5,
-            [("source", Some(&b"erp"[..])), ("trace", None)],
+            [(&b"source"[..], Some(&b"erp"[..])), (&b"trace"[..], None)],
         )
         .expect("valid record");
         assert_eq!(m.qos, 1);
@@ -236,5 +305,54 @@ mod tests {
         );
         let m = message_from_record(Some(b"a"), None, 0, []).expect("valid record");
         assert!(m.payload.is_empty());
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_utf8_is_refused() {
+        let headers = [(&b"ok"[..], Some(&b"1"[..])), (&[0xff, 0xfe][..], Some(&b"x"[..]))];
+        assert_eq!(
+            message_from_record(Some(b"a"), None, 0, headers),
+            Err(RecordError::HeaderNameNotUtf8)
+        );
+    }
+
+    #[test]
+    fn keys_and_header_fields_longer_than_mqtt_can_carry_are_refused() {
+        let long = vec![b'a'; MAX_FIELD_LEN + 1];
+        assert_eq!(
+            message_from_record(Some(&long), None, 0, []),
+            Err(RecordError::KeyTooLong(MAX_FIELD_LEN + 1))
+        );
+        let fits = vec![b'a'; MAX_FIELD_LEN];
+        assert!(message_from_record(Some(&fits), None, 0, []).is_ok());
+        for headers in [
+            vec![(&long[..], Some(&b"v"[..]))],
+            vec![(&b"n"[..], Some(&long[..]))],
+            vec![(HEADER_CONTENT_TYPE.as_bytes(), Some(&long[..]))],
+            vec![(HEADER_CORRELATION_DATA.as_bytes(), Some(&long[..]))],
+        ] {
+            let error = message_from_record(Some(b"a"), None, 0, headers).expect_err("too long");
+            assert_eq!(error.reason(), "header_too_long", "{error}");
+        }
+        // 30 000 bytes that are not UTF-8 become 90 000 bytes of U+FFFD as text.
+        let garbage = vec![0xffu8; 30_000];
+        let error = message_from_record(Some(b"a"), None, 0, [(&b"n"[..], Some(&garbage[..]))]).expect_err("too long");
+        assert_eq!(
+            error,
+            RecordError::HeaderTooLong {
+                name: "n".into(),
+                len: 90_000
+            }
+        );
+        assert!(message_from_record(Some(b"a"), None, 0, [(&b"n"[..], Some(&fits[..]))]).is_ok());
+    }
+
+    #[test]
+    fn a_response_topic_that_is_no_topic_name_is_refused() {
+        let headers = [(HEADER_RESPONSE_TOPIC.as_bytes(), Some(&b"replies/#"[..]))];
+        assert_eq!(
+            message_from_record(Some(b"a"), None, 0, headers),
+            Err(RecordError::BadResponseTopic)
+        );
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::broker::message::now_ms;
-use crate::broker::session::SessionState;
+use crate::broker::session::{DecodeError, SessionState};
 use crate::cluster::membership::{self, Heartbeat, Membership, ServerReferences};
 use crate::cluster::ownership;
 use crate::cluster::share_cursor::{self, ShareCursor};
@@ -380,7 +380,9 @@ impl SessionStore {
     }
 
     /// Applies one record of the sessions topic: a session, or a tombstone (`None`).
-    pub fn apply(&self, client_id: &str, value: Option<&[u8]>) {
+    /// A value that is no session is skipped (counted in [`Self::skipped`]) and returned as
+    /// the error, for the reader to report with where it is.
+    pub fn apply(&self, client_id: &str, value: Option<&[u8]>) -> Result<(), DecodeError> {
         if let Some((share, topic, partition)) = share_cursor::cursor_of_key(client_id) {
             let key = (share.to_owned(), topic.to_owned(), partition);
             match value.map(ShareCursor::decode) {
@@ -392,10 +394,10 @@ impl SessionStore {
                 }
                 Some(Err(error)) => {
                     *locked(&self.skipped) += 1;
-                    tracing::warn!(key = %client_id, %error, "sessions-topic record skipped");
+                    return Err(DecodeError::Json(error));
                 }
             }
-            return;
+            return Ok(());
         }
         if let Some(instance) = membership::member_of_key(client_id) {
             let heartbeat = value.and_then(|v| serde_json::from_slice::<Heartbeat>(v).ok());
@@ -403,21 +405,20 @@ impl SessionStore {
             if heartbeat.is_some() || instance != self.instance {
                 locked(&self.membership).apply(instance, heartbeat, std::time::Instant::now());
             }
-            return;
+            return Ok(());
         }
         let Some(value) = value else {
             self.sessions
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(client_id);
-            return;
+            return Ok(());
         };
         let state = match SessionState::decode(value) {
             Ok(state) => state,
             Err(error) => {
                 *locked(&self.skipped) += 1;
-                tracing::warn!(%client_id, %error, "sessions-topic record skipped");
-                return;
+                return Err(error);
             }
         };
         if let Some(newer) = self.put(state) {
@@ -441,6 +442,7 @@ impl SessionStore {
                 }
             }
         }
+        Ok(())
     }
 
     /// Puts a state in the view unless the view has a newer generation already (returned
@@ -621,12 +623,12 @@ mod tests {
     #[test]
     fn a_record_of_an_older_generation_is_ignored() {
         let s = store();
-        s.apply("c", Some(&state(3).encode()));
-        s.apply("c", Some(&state(2).encode()));
+        s.apply("c", Some(&state(3).encode())).expect("a session");
+        s.apply("c", Some(&state(2).encode())).expect("a session");
         assert_eq!(s.get("c").map(|s| s.generation), Some(3));
-        s.apply("c", None);
+        s.apply("c", None).expect("a tombstone");
         assert!(s.get("c").is_none());
-        s.apply("c", Some(b"not json"));
+        assert!(s.apply("c", Some(b"not json")).is_err());
         assert_eq!(s.skipped(), 1);
     }
 
@@ -634,9 +636,9 @@ mod tests {
     fn a_newer_generation_tells_the_watcher_of_the_older_one() {
         let s = store();
         let watcher = s.watch("c", 2);
-        s.apply("c", Some(&state(2).encode()));
+        s.apply("c", Some(&state(2).encode())).expect("a session");
         assert!(!*watcher.borrow());
-        s.apply("c", Some(&state(3).encode()));
+        s.apply("c", Some(&state(3).encode())).expect("a session");
         assert!(*watcher.borrow());
     }
 

@@ -5,6 +5,8 @@
 //! per-connection step runs in the connection's own task, so a slow or silent peer never
 //! holds up accepting the next one.
 
+pub mod deadline;
+pub mod linger;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;
@@ -12,7 +14,7 @@ pub mod websocket;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -34,7 +36,8 @@ pub struct Shared {
     /// owner's reference for the same listener.
     pub listener: Arc<str>,
     pub limits: Arc<Limits>,
-    /// Live MQTT connections of the whole process (for `mqtt.maxConnections`).
+    /// Open connections of the whole process, counted from accept to close, CONNECT or
+    /// not (for `mqtt.maxConnections`).
     pub connections: Arc<AtomicUsize>,
 }
 
@@ -47,21 +50,64 @@ impl Shared {
     }
 }
 
+/// Holds one place in the process's connection count while alive: taken at accept, so
+/// sockets that have not sent CONNECT yet (or are in their TLS handshake) count too.
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    pub fn take(counter: &Arc<AtomicUsize>) -> (Self, usize) {
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        (Self(Arc::clone(counter)), before)
+    }
+
+    /// Connections open now besides this one.
+    pub fn others(&self) -> usize {
+        self.0.load(Ordering::Acquire).saturating_sub(1)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Connections over `mqtt.maxConnections` still have their CONNECT read and answered with
+/// CONNACK 0x97 / 0x03, so that a client learns why; this many more are closed at accept
+/// without reading (a flood of sockets that may never send CONNECT).
+pub const OVER_LIMIT_ANSWERED: usize = 1024;
+
+/// Whether a connection accepted while `open` others are open is served at all.
+pub fn admitted(open: usize, max_connections: usize) -> bool {
+    open < max_connections.saturating_add(OVER_LIMIT_ANSWERED)
+}
+
 /// Accepts connections until the task is dropped and runs `handle` for each in a task of
-/// its own.
-pub async fn accept_each<H, F>(listener: TcpListener, handle: H)
+/// its own, with its place in the connection count (held until the task ends).
+pub async fn accept_each<H, F>(listener: TcpListener, shared: &Shared, handle: H)
 where
-    H: Fn(TcpStream, SocketAddr) -> F,
+    H: Fn(TcpStream, SocketAddr, ConnectionSlot) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let (slot, open) = ConnectionSlot::take(&shared.connections);
+                if !admitted(open, shared.limits.max_connections) {
+                    shared
+                        .hub
+                        .metrics()
+                        .disconnects
+                        .with_label_values(&["over_max_connections"])
+                        .inc();
+                    tracing::debug!(%peer, open, "over mqtt.maxConnections; closed at accept");
+                    continue;
+                }
                 // MQTT packets are small and latency matters more than segment count.
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::debug!(%peer, %error, "TCP_NODELAY not set");
                 }
-                tokio::spawn(handle(stream, peer));
+                tokio::spawn(handle(stream, peer, slot));
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off rather than spin.
@@ -69,5 +115,32 @@ where
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_over_the_limit_are_answered_up_to_a_margin_then_closed_at_accept() {
+        assert!(admitted(0, 1));
+        assert!(admitted(1, 1), "answered with CONNACK 0x97 after its CONNECT");
+        assert!(admitted(OVER_LIMIT_ANSWERED, 1));
+        assert!(!admitted(OVER_LIMIT_ANSWERED + 1, 1));
+        assert!(admitted(usize::MAX - 1, usize::MAX));
+    }
+
+    #[test]
+    fn a_slot_counts_from_take_to_drop() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let (a, before) = ConnectionSlot::take(&counter);
+        assert_eq!(before, 0);
+        let (b, before) = ConnectionSlot::take(&counter);
+        assert_eq!((before, a.others(), b.others()), (1, 1, 1));
+        drop(a);
+        assert_eq!(b.others(), 0);
+        drop(b);
+        assert_eq!(counter.load(Ordering::Acquire), 0);
     }
 }

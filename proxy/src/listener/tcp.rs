@@ -9,10 +9,10 @@ use crate::mqtt::connection;
 
 /// Accepts connections until the task is dropped; one task per connection.
 pub async fn accept_loop(listener: TcpListener, shared: Shared) {
-    accept_each(listener, move |stream, peer| {
+    accept_each(listener, &shared.clone(), move |stream, peer, slot| {
         let shared = shared.clone();
         async move {
-            connection::serve(stream, shared).await;
+            connection::serve(stream, shared, slot).await;
             tracing::trace!(%peer, "connection closed");
         }
     })

@@ -132,12 +132,12 @@ pub async fn handshake(acceptor: &TlsAcceptor, stream: TcpStream, shared: &Share
 /// Accepts connections until the task is dropped; the TLS handshake and then MQTT run in
 /// one task per connection.
 pub async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Shared) {
-    accept_each(listener, move |stream, peer| {
+    accept_each(listener, &shared.clone(), move |stream, peer, slot| {
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
         async move {
             match handshake(&acceptor, stream, &shared).await {
                 Ok(tls) => {
-                    connection::serve(tls, shared).await;
+                    connection::serve(tls, shared, slot).await;
                     tracing::trace!(%peer, "TLS connection closed");
                 }
                 // Scanners and clients that do not trust the certificate end up here: worth a

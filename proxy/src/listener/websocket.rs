@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{Shared, accept_each};
+use super::{ConnectionSlot, Shared, accept_each};
 use crate::mqtt::connection;
 
 /// The WebSocket sub-protocol MQTT registers (MQTT 5.0 section 6).
@@ -131,13 +131,13 @@ where
 /// Accepts connections until the task is dropped; the upgrade and then MQTT run in one task
 /// per connection. With `tls` the upgrade runs inside TLS (wss://).
 pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<TlsAcceptor>, shared: Shared) {
-    accept_each(listener, move |stream, peer| {
+    accept_each(listener, &shared.clone(), move |stream, peer, slot| {
         let (path, tls, shared) = (Arc::clone(&path), tls.clone(), shared.clone());
         async move {
             match tls {
-                None => serve(stream, peer, &path, shared).await,
+                None => serve(stream, peer, &path, shared, slot).await,
                 Some(acceptor) => match super::tls::handshake(&acceptor, stream, &shared).await {
-                    Ok(stream) => serve(stream, peer, &path, shared).await,
+                    Ok(stream) => serve(stream, peer, &path, shared, slot).await,
                     Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 },
             }
@@ -147,13 +147,13 @@ pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<TlsA
 }
 
 /// Upgrades `stream` and serves MQTT over it (generic so that a TLS stream works too).
-pub async fn serve<S>(stream: S, peer: SocketAddr, path: &str, shared: Shared)
+pub async fn serve<S>(stream: S, peer: SocketAddr, path: &str, shared: Shared, slot: ConnectionSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     match upgrade(stream, path, &shared).await {
         Ok(io) => {
-            connection::serve(io, shared).await;
+            connection::serve(io, shared, slot).await;
             tracing::trace!(%peer, "WebSocket connection closed");
         }
         // Includes refused upgrades (wrong path, no sub-protocol), which were answered.

@@ -23,11 +23,24 @@ pub enum Version {
     V5,
 }
 
+/// The largest packet accepted before CONNECT is accepted (the whole packet, bytes; less
+/// when `mqtt.maximumPacketSize` is less). Room for a CONNECT with a will payload and a
+/// password of several KiB each; what a peer that has not been accepted may make the
+/// proxy hold.
+pub const PRE_CONNECT_MAX_PACKET: u32 = 128 * 1024;
+
 /// Decodes any supported version into v5 packets; encodes v5 packets for the client's version.
+///
+/// Until [`MqttCodec::connect_accepted`] a packet may be at most [`PRE_CONNECT_MAX_PACKET`]
+/// bytes, and is decoded only once it has arrived whole: rmqtt-codec reserves a packet's
+/// announced length as soon as it has read its fixed header, which before CONNECT would
+/// let anyone who can open a socket make the proxy reserve the maximum packet size with
+/// five bytes.
 #[derive(Debug)]
 pub struct MqttCodec {
     inner: Inner,
     max_inbound: u32,
+    connected: bool,
 }
 
 #[derive(Debug)]
@@ -43,7 +56,13 @@ impl MqttCodec {
         Self {
             inner: Inner::Detect,
             max_inbound,
+            connected: false,
         }
+    }
+
+    /// The CONNECT was accepted: packets up to the configured maximum from now on.
+    pub fn connect_accepted(&mut self) {
+        self.connected = true;
     }
 
     pub fn version(&self) -> Option<Version> {
@@ -80,6 +99,9 @@ impl Decoder for MqttCodec {
                 Some(ProtocolVersion::MQTT5) => self.inner = Inner::V5(v5::Codec::new(self.remaining_limit(), 0)),
             }
         }
+        if !self.connected && !whole_packet(src, PRE_CONNECT_MAX_PACKET.min(self.max_inbound))? {
+            return Ok(None);
+        }
         match &mut self.inner {
             Inner::Detect => Ok(None),
             Inner::V5(codec) => Ok(codec.decode(src)?.map(|(packet, _)| packet)),
@@ -104,6 +126,28 @@ impl Encoder<Packet> for MqttCodec {
             },
         }
     }
+}
+
+/// Whether `src` starts with a whole packet of at most `limit` bytes; an error for a larger
+/// one or a malformed remaining length. Reserves nothing: the buffer grows only with what
+/// the peer really sends.
+fn whole_packet(src: &[u8], limit: u32) -> Result<bool, DecodeError> {
+    let mut remaining: u32 = 0;
+    for (i, byte) in src.iter().skip(1).take(4).enumerate() {
+        remaining |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let size = remaining.saturating_add(u32::try_from(i).unwrap_or(3) + 2);
+            if size > limit {
+                return Err(DecodeError::MaxSizeExceeded { size, max: limit });
+            }
+            return Ok(src.len() >= usize::try_from(size).unwrap_or(usize::MAX));
+        }
+    }
+    if src.len() >= 5 {
+        // A fourth length byte with the continuation bit.
+        return Err(DecodeError::InvalidLength);
+    }
+    Ok(false)
 }
 
 fn from_v3(packet: v3::Packet) -> Result<Packet, DecodeError> {
@@ -329,5 +373,57 @@ mod tests {
         assert!(decode_all(&mut codec, b"\x10\x0e\x00\x04HTTP\x04\x02\x00\x3c\x00\x02c1").is_err());
         let mut codec = MqttCodec::new(1024);
         assert!(decode_all(&mut codec, b"\x30\x02\x00\x00").is_err());
+    }
+
+    /// The first bytes of a v5 CONNECT announcing `remaining` bytes after the fixed header.
+    fn connect_head(remaining: u32) -> BytesMut {
+        let mut head = BytesMut::new();
+        head.extend_from_slice(&[0x10]);
+        let mut len = remaining;
+        loop {
+            let mut byte = u8::try_from(len % 128).expect("7 bits");
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            head.extend_from_slice(&[byte]);
+            if len == 0 {
+                break;
+            }
+        }
+        head.extend_from_slice(b"\x00\x04MQTT\x05\x02\x00\x1e");
+        head
+    }
+
+    #[test]
+    fn before_connect_the_announced_length_is_not_reserved() {
+        let mut codec = MqttCodec::new(1_048_576);
+        let mut head = connect_head(100_000);
+        assert!(codec.decode(&mut head).expect("fine so far").is_none());
+        assert!(head.capacity() < 1024, "reserved {} bytes", head.capacity());
+    }
+
+    #[test]
+    fn before_connect_a_packet_over_the_small_limit_is_refused() {
+        let mut codec = MqttCodec::new(1_048_576);
+        let err = codec.decode(&mut connect_head(200_000)).expect_err("too large");
+        assert!(
+            matches!(err, DecodeError::MaxSizeExceeded { max, .. } if max == PRE_CONNECT_MAX_PACKET),
+            "{err:?}"
+        );
+        // Below the configured maximum when that is smaller.
+        let mut codec = MqttCodec::new(1000);
+        let err = codec.decode(&mut connect_head(2000)).expect_err("too large");
+        assert!(matches!(err, DecodeError::MaxSizeExceeded { max: 1000, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn once_connect_is_accepted_the_configured_maximum_applies() {
+        let mut codec = MqttCodec::new(1_048_576);
+        decode_all(&mut codec, V5_CONNECT).expect("decodes");
+        codec.connect_accepted();
+        // PUBLISH announcing 200 000 bytes: more than before CONNECT, fine now.
+        let mut publish = BytesMut::from(&b"\x30\xc0\x9a\x0c\x00\x01a"[..]);
+        assert!(codec.decode(&mut publish).expect("within the maximum").is_none());
     }
 }

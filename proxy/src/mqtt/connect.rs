@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_keep_alive: u16,
     pub server_keep_alive: Option<u16>,
     pub connect_timeout_secs: u16,
+    /// How long a write to the client may make no progress before the connection closes.
+    pub write_timeout: std::time::Duration,
     pub max_connections: usize,
     pub max_inflight_outbound: u16,
     pub qos_max: u8,
@@ -48,6 +50,7 @@ impl Limits {
             max_keep_alive: m.max_keep_alive,
             server_keep_alive: m.server_keep_alive,
             connect_timeout_secs: m.connect_timeout,
+            write_timeout: std::time::Duration::from_secs(u64::from(m.write_timeout.max(1))),
             max_connections: usize::try_from(m.max_connections).unwrap_or(usize::MAX),
             max_inflight_outbound: m.max_inflight_outbound,
             qos_max: config.publish.qos_max.as_u8(),

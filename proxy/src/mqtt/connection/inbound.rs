@@ -91,6 +91,16 @@ impl Connection {
         self.pending_ids.len() + self.qos2_received.len()
     }
 
+    /// Whether the next packet may be read now. An MQTT 5 client knows our Receive Maximum
+    /// and is disconnected (0x93) when it exceeds it. A 3.1.1 client never heard of one, so
+    /// it is not read from while the Receive Maximum of its PUBLISHes wait for Kafka: TCP
+    /// holds it back, which is the only flow control 3.1.1 has. Only what Kafka releases
+    /// counts here; QoS 2 ids waiting for the client's PUBREL must not stop the reading
+    /// that brings the PUBREL.
+    pub(super) fn reads_more(&self) -> bool {
+        self.version == Version::V5 || self.pending_ids.len() < usize::from(self.limits.receive_maximum)
+    }
+
     pub(super) async fn on_publish<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         transport: &mut Transport<S>,
@@ -127,7 +137,7 @@ impl Connection {
                 // Still waiting for Kafka; its acknowledgement will answer both.
                 return Ok(());
             }
-            if self.inbound_in_flight() >= usize::from(self.limits.receive_maximum) {
+            if self.version == Version::V5 && self.inbound_in_flight() >= usize::from(self.limits.receive_maximum) {
                 return Err(Ending::Abnormal(Some(DisconnectReasonCode::ReceiveMaximumExceeded)));
             }
         }
@@ -186,6 +196,8 @@ impl Connection {
                 match error {
                     PublishError::UnknownTopic(_) => PublishAckReason::TopicNameInvalid,
                     PublishError::Kafka { .. } => PublishAckReason::UnspecifiedError,
+                    // Only QoS 0 PUBLISHes are refused for the QoS 0 share.
+                    PublishError::Qos0Backlog => PublishAckReason::QuotaExceeded,
                 }
             }
         };

@@ -15,7 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -38,7 +37,9 @@ use crate::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, S
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
-use crate::listener::Shared;
+use crate::listener::deadline::WriteDeadline;
+use crate::listener::linger;
+use crate::listener::{ConnectionSlot, Shared};
 use crate::mqtt::codec::{MqttCodec, Version};
 use crate::mqtt::connect::{self, Limits};
 use crate::mqtt::inflight::Inflight;
@@ -52,7 +53,23 @@ const DELIVERY_BATCH: usize = 256;
 type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
 
 /// Serves one accepted byte stream until it closes.
-pub async fn serve<S>(stream: S, shared: Shared)
+/// `slot` is its place in the process's connection count, taken at accept.
+pub async fn serve<S>(stream: S, shared: Shared, slot: ConnectionSlot)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // Every write to the client has a deadline: one that does not read loses its
+    // connection instead of holding this task forever.
+    let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
+    let mut transport = Framed::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
+    converse(&mut transport, shared, &slot).await;
+    // However it ended, the client can read what was sent last (DISCONNECT, a refusing
+    // CONNACK) before the socket closes, also while it is still writing.
+    linger::close(transport.get_mut()).await;
+}
+
+/// The MQTT conversation: CONNECT, the connection's life, its end.
+async fn converse<S>(transport: &mut Transport<WriteDeadline<S>>, shared: Shared, slot: &ConnectionSlot)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -63,9 +80,8 @@ where
         instance,
         listener,
         limits,
-        connections,
+        connections: _,
     } = shared;
-    let mut transport = Framed::new(stream, MqttCodec::new(limits.maximum_packet_size));
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
@@ -74,7 +90,7 @@ where
             return;
         }
         Ok(Some(Err(error))) => {
-            refuse_undecodable_connect(&mut transport, &error).await;
+            refuse_undecodable_connect(transport, &error).await;
             return;
         }
         Ok(None) => return,
@@ -89,8 +105,7 @@ where
     let Some(version) = transport.codec().version() else {
         return;
     };
-    let counter = ConnectionSlot::take(&connections);
-    let refuse = async |transport: &mut Transport<S>, reason: ConnectAckReason| {
+    let refuse = async |transport: &mut Transport<WriteDeadline<S>>, reason: ConnectAckReason| {
         hub.metrics()
             .connects
             .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
@@ -99,9 +114,9 @@ where
             .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
             .await;
     };
-    let accepted = match connect::accept(&connect, version, &limits, counter.others(), assign_client_id) {
+    let accepted = match connect::accept(&connect, version, &limits, slot.others(), assign_client_id) {
         Ok(accepted) => accepted,
-        Err(reason) => return refuse(&mut transport, reason).await,
+        Err(reason) => return refuse(transport, reason).await,
     };
     if let Some(max) = connect.max_packet_size {
         transport.codec_mut().set_max_outbound(max.get());
@@ -141,7 +156,7 @@ where
         Ok(opened) => opened,
         Err(error) => {
             tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
-            return refuse(&mut transport, ConnectAckReason::ServerUnavailable).await;
+            return refuse(transport, ConnectAckReason::ServerUnavailable).await;
         }
     };
     let resume_from = if opened.session_present {
@@ -195,7 +210,9 @@ where
     connack.session_present = opened.session_present;
     connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
     hub.metrics().connects.with_label_values(&["success"]).inc();
+    transport.codec_mut().connect_accepted();
     if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
+        count_write_timeout(&hub, transport, &accepted.client_id);
         hub.unregister(registration.id, &accepted.client_id);
         sessions.unwatch(&accepted.client_id, connection.session.generation);
         session::close(
@@ -213,12 +230,13 @@ where
     tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
     if opened.session_present {
         // A write error here ends the connection in `run` at its first read.
-        let _ = connection.resume_outbound(&mut transport).await;
+        let _ = connection.resume_outbound(transport).await;
     }
     let ending = connection
-        .run(&mut transport, registration, taken_over, accepted.keep_alive)
+        .run(transport, registration, taken_over, accepted.keep_alive)
         .await;
     hub.metrics().connections.dec();
+    count_write_timeout(&hub, transport, &connection.client_id);
     let positions = hub.positions(connection.id);
     hub.unregister(connection.id, &connection.client_id);
     sessions.unwatch(&connection.client_id, connection.session.generation);
@@ -259,8 +277,15 @@ where
         )
         .await;
     }
-    let _ = transport.get_mut().shutdown().await;
-    drop(counter);
+}
+
+/// A connection that ended because the client stopped reading is counted
+/// (`server_disconnects_total{reason="write_timeout"}`): no DISCONNECT can reach it.
+fn count_write_timeout<S>(hub: &Hub, transport: &Transport<WriteDeadline<S>>, client_id: &str) {
+    if transport.get_ref().timed_out() {
+        hub.metrics().disconnects.with_label_values(&["write_timeout"]).inc();
+        tracing::info!(%client_id, "client did not read within the write deadline; connection closed");
+    }
 }
 
 /// Answers a CONNECT that could not be decoded: with the reason code when the version is
@@ -299,26 +324,6 @@ fn assign_client_id() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_i64(now_ms());
     format!("mqtt-kafka-{:016x}", hasher.finish())
-}
-
-/// Holds one place in the connection count while alive.
-struct ConnectionSlot(Arc<AtomicUsize>, usize);
-
-impl ConnectionSlot {
-    fn take(counter: &Arc<AtomicUsize>) -> Self {
-        let before = counter.fetch_add(1, Ordering::AcqRel);
-        Self(Arc::clone(counter), before)
-    }
-    /// Connections that were live before this one.
-    fn others(&self) -> usize {
-        self.1
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// How a connection ended.
@@ -423,10 +428,21 @@ impl Connection {
         let far_future = Duration::from_secs(86_400 * 365);
         let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
         tokio::pin!(deadline);
+        let mut paused = false;
         loop {
             if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
                 self.start_catch_up();
             }
+            // A 3.1.1 client is not read from while its window is full (`reads_more`); that
+            // silence is ours, so keep-alive starts again when reading does.
+            let reading = self.reads_more();
+            if reading
+                && std::mem::replace(&mut paused, false)
+                && let Some(grace) = grace
+            {
+                deadline.as_mut().reset(Instant::now() + grace);
+            }
+            paused |= !reading;
             let live_open = self.replay.is_none() && self.inflight.has_room();
             let replay_open = self.replay.is_some() && self.inflight.has_room();
             let step = tokio::select! {
@@ -439,7 +455,7 @@ impl Connection {
                 Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     self.on_kafka_ack(transport, id, qos, result).await
                 }
-                packet = transport.next() => match packet {
+                packet = transport.next(), if reading => match packet {
                     Some(Ok(packet)) => {
                         if let Some(grace) = grace {
                             deadline.as_mut().reset(Instant::now() + grace);
@@ -473,13 +489,10 @@ impl Connection {
                     self.save_positions();
                     Ok(())
                 }
-                Some(result) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => {
-                    if let Err(error) = result {
-                        tracing::warn!(client_id = %self.client_id, %error, "QoS 0 message not stored in Kafka");
-                    }
-                    Ok(())
-                }
-                _ = &mut deadline => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
+                // A QoS 0 PUBLISH that did not reach Kafka is counted and logged (rate-limited)
+                // by the producer: one line per message would flood the log in an outage.
+                Some(_) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => Ok(()),
+                _ = &mut deadline, if reading => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
             };
             if let Err(ending) = step {
                 return ending;
