@@ -468,19 +468,28 @@ pub struct ClusterSpec {
     pub redirect: Redirect,
 }
 
-/// Authorization guards.
+/// Authorization: the JWT guard and rules for every client.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationSpec {
     /// JWT guard (`guarded: {jwt: [roles]}` in routes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSpec>,
+    /// Topic filters nobody may publish to or subscribe to, with or without a guard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<mqtt_kafka_proxy::config::DenyRule>,
 }
 
-/// JWT guard: verification keys inline or from a Secret holding a JWKS document.
+/// JWT guard: verification keys inline, from a Secret or ConfigMap holding a JWKS document
+/// (rotating it needs no restart: the proxy reads it again), or from a JWKS URL; with none,
+/// from `{issuer}/.well-known/jwks.json`.
 #[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq)]
-#[x_kube(validation = Rule::new("(has(self.keys) && size(self.keys) > 0) != has(self.jwksSecret)")
-    .message("set exactly one of keys and jwksSecret"))]
+#[x_kube(validation = Rule::new(
+    "[has(self.keys) && size(self.keys) > 0, has(self.jwksSecret), has(self.jwksConfigMap), has(self.jwksUrl)].filter(x, x).size() <= 1"
+).message("set at most one of keys, jwksSecret, jwksConfigMap and jwksUrl"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.keys) && size(self.keys) > 0) || has(self.jwksSecret) || has(self.jwksConfigMap) || has(self.jwksUrl) || has(self.issuer)"
+).message("set keys, jwksSecret, jwksConfigMap or jwksUrl, or issuer (its .well-known/jwks.json)"))]
 #[serde(rename_all = "camelCase")]
 pub struct JwtSpec {
     /// Required `iss` claim.
@@ -489,15 +498,25 @@ pub struct JwtSpec {
     /// Required `aud` claim value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
-    /// Claim holding the roles; default `roles`.
+    /// Claim holding the roles; default `scope` (space-separated), or an array claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roles_claim: Option<String>,
+    /// Which CONNECT field carries the token: `password` (default) or `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<mqtt_kafka_proxy::config::TokenField>,
     /// Public verification keys (JWKs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<Jwk>,
     /// A Secret key holding a JWKS document (`{"keys": [...]}`), instead of `keys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_secret: Option<SecretKeyRef>,
+    /// A ConfigMap key holding a JWKS document, instead of `keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_config_map: Option<SecretKeyRef>,
+    /// A JWKS URL (`http://` or `https://`), instead of `keys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^https?://"))]
+    pub jwks_url: Option<String>,
 }
 
 /// Overrides of the proxy pods.

@@ -183,6 +183,49 @@ pub struct Config {
     /// Authorization guards, referred to by name from `routes[].guarded`.
     #[serde(default, skip_serializing_if = "Guards::is_empty")]
     pub guards: Guards,
+    /// Rules that hold for every client, with or without a guard.
+    #[serde(default, skip_serializing_if = "Authorization::is_empty")]
+    pub authorization: Authorization,
+}
+
+/// Rules that hold for every client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Authorization {
+    /// Topic filters nobody may publish to or subscribe to (a SUBSCRIBE whose filter could
+    /// match one of them is refused as a whole: 0x87, 3.1.1 0x80).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<DenyRule>,
+}
+
+impl Authorization {
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty()
+    }
+}
+
+/// A topic filter closed to every client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DenyRule {
+    /// MQTT topic filter, e.g. `internal/#`.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+    /// What is refused; default both.
+    #[serde(default = "both_actions")]
+    pub actions: Vec<DeniedAction>,
+}
+
+/// An action a deny rule refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeniedAction {
+    Publish,
+    Subscribe,
+}
+
+fn both_actions() -> Vec<DeniedAction> {
+    vec![DeniedAction::Publish, DeniedAction::Subscribe]
 }
 
 /// An MQTT listener.
@@ -639,7 +682,9 @@ impl Guards {
     }
 }
 
-/// JWT guard settings. Exactly one of `keys` and `jwksFile` gives the verification keys.
+/// JWT guard settings (named as in Zilla's `jwt` guard where they exist there). The
+/// verification keys come from one of `keys`, `jwksFile` and `jwksUrl`; with none of them,
+/// from `{issuer}/.well-known/jwks.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JwtGuard {
@@ -652,12 +697,51 @@ pub struct JwtGuard {
     /// Public verification keys as JWKs (RSA, EC or OKP; private members are refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub keys: Vec<Jwk>,
-    /// Path of a JWKS file (`{"keys": [...]}`), instead of `keys`.
+    /// Path of a JWKS file (`{"keys": [...]}`), instead of `keys`; read again every
+    /// `refreshSeconds` and when a token names an unknown key id (a mounted ConfigMap or
+    /// Secret that Kubernetes updates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<String>,
-    /// Claim holding the roles (a string array, or a space-separated string).
+    /// URL of a JWKS (an identity provider's `jwks_uri`), instead of `keys`; fetched again
+    /// like `jwksFile`. A failed fetch keeps the last good keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// How often `jwksFile` / `jwksUrl` are read again, seconds.
+    #[serde(default = "default_jwks_refresh")]
+    #[schemars(range(min = 10))]
+    pub refresh_seconds: u32,
+    /// Claim holding the roles: a space-separated string (OAuth 2.0 `scope`) or an array.
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+    /// Which CONNECT field carries the token: `password` (default) or `username`.
+    #[serde(default)]
+    pub credentials: TokenField,
+}
+
+/// The CONNECT field a token is read from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenField {
+    #[default]
+    Password,
+    Username,
+}
+
+fn default_jwks_refresh() -> u32 {
+    300
+}
+
+impl JwtGuard {
+    /// Where the keys come from: `keys`, `jwksFile`, `jwksUrl`, else the issuer's
+    /// well-known JWKS.
+    pub fn jwks_location(&self) -> Option<String> {
+        self.jwks_file.clone().or_else(|| self.jwks_url.clone()).or_else(|| {
+            self.issuer
+                .as_ref()
+                .filter(|_| self.keys.is_empty())
+                .map(|i| format!("{}/.well-known/jwks.json", i.trim_end_matches('/')))
+        })
+    }
 }
 
 /// A public JSON Web Key (RFC 7517). Member names are the JWK ones.
@@ -716,7 +800,7 @@ fn default_listeners() -> Vec<Listener> {
 }
 
 fn default_roles_claim() -> String {
-    "roles".to_owned()
+    "scope".to_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -738,6 +822,7 @@ impl Config {
             routes: Vec::new(),
             cluster: Cluster::default(),
             guards: Guards::default(),
+            authorization: Authorization::default(),
         }
     }
 
@@ -855,21 +940,15 @@ impl Config {
         if let Some(jwt) = &self.guards.jwt {
             validate_jwt(jwt, v);
         }
-        self.refuse_unenforced_guards(v);
-    }
-
-    /// Guards are read and checked but not yet enforced: a proxy started with one would let
-    /// every client publish and subscribe anywhere while its operator believes devices
-    /// confined. So a config that names one is refused until they are enforced.
-    fn refuse_unenforced_guards(&self, v: &mut Validator) {
-        const NOT_ENFORCED: &str = "guards are not enforced by this version of mqtt-kafka-proxy: every client \
-             could still publish and subscribe anywhere; remove it until a version that enforces them";
-        if self.guards.jwt.is_some() {
-            v.err("guards.jwt", NOT_ENFORCED);
-        }
-        for (r, route) in self.routes.iter().enumerate() {
-            if !route.guarded.is_empty() {
-                v.err(format!("routes[{r}].guarded"), NOT_ENFORCED);
+        for (i, rule) in self.authorization.deny.iter().enumerate() {
+            if let Err(msg) = validate_topic_filter(&rule.topic) {
+                v.err(format!("authorization.deny[{i}].topic"), msg);
+            }
+            if rule.actions.is_empty() {
+                v.err(
+                    format!("authorization.deny[{i}].actions"),
+                    "name publish, subscribe or both",
+                );
             }
         }
     }
@@ -1322,11 +1401,23 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
 
 fn validate_jwt(jwt: &JwtGuard, v: &mut Validator) {
     let at = |key: &str| format!("guards.jwt.{key}");
-    match (jwt.keys.is_empty(), &jwt.jwks_file) {
-        (true, None) => v.err("guards.jwt", "set keys or jwksFile"),
-        (false, Some(_)) => v.err("guards.jwt.jwksFile", "set either keys or jwksFile, not both"),
-        (true, Some(file)) if file.trim().is_empty() => v.err(at("jwksFile"), "must not be empty"),
-        _ => {}
+    let sources =
+        usize::from(!jwt.keys.is_empty()) + usize::from(jwt.jwks_file.is_some()) + usize::from(jwt.jwks_url.is_some());
+    if sources > 1 {
+        v.err("guards.jwt", "set one of keys, jwksFile and jwksUrl, not several");
+    } else if sources == 0 && jwt.issuer.is_none() {
+        v.err(
+            "guards.jwt",
+            "set keys, jwksFile or jwksUrl (or issuer, for its .well-known/jwks.json)",
+        );
+    }
+    if jwt.jwks_file.as_ref().is_some_and(|f| f.trim().is_empty()) {
+        v.err(at("jwksFile"), "must not be empty");
+    }
+    if let Some(url) = &jwt.jwks_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        v.err(at("jwksUrl"), "must be an http:// or https:// URL");
     }
     for (key, value) in [("issuer", &jwt.issuer), ("audience", &jwt.audience)] {
         if value.as_ref().is_some_and(|s| s.trim().is_empty()) {
@@ -1450,7 +1541,7 @@ mod tests {
                 messages: "mqtt-sensors".to_owned()
             })
         );
-        assert!(config.guards.jwt.is_none(), "guards stay commented out until enforced");
+        assert!(config.guards.jwt.is_none(), "the example's guard is commented out");
         assert!(config.cluster.redirect.enabled);
         assert_eq!(
             config.server_reference("proxy-2").as_deref(),
@@ -1630,11 +1721,12 @@ mod tests {
     }
 
     fails! {
-        a_guard_is_refused_until_guards_are_enforced: with("guards: {jwt: {jwksFile: /k}}\n")
-            => "guards.jwt", "not enforced by this version";
-        a_guarded_route_is_refused_until_guards_are_enforced: with(
-            "guards: {jwt: {jwksFile: /k}}\nroutes: [{when: [{publish: [{topic: a}]}], guarded: {jwt: [device]}}]\n"
-        ) => "routes[0].guarded", "every client could still publish and subscribe anywhere";
+        a_deny_rule_with_a_bad_filter: with("authorization: {deny: [{topic: 'a/#/b'}]}\n")
+            => "authorization.deny[0].topic", "invalid topic filter";
+        a_deny_rule_with_no_action: with("authorization: {deny: [{topic: a, actions: []}]}\n")
+            => "authorization.deny[0].actions", "name publish, subscribe or both";
+        jwt_with_a_url_that_is_not_http: with("guards: {jwt: {jwksUrl: 'ftp://x/jwks'}}\n")
+            => "guards.jwt.jwksUrl", "http:// or https://";
         unknown_top_level_key: with("bogus: 1\n") => "bogus", "unknown field `bogus`";
         unknown_nested_key: with("mqtt:\n  bogus: 1\n") => "mqtt.bogus", "unknown field `bogus`";
         unknown_key_in_list_element: with("listeners:\n  - {name: a, address: \"0.0.0.0:1\", port: 1}\n")
@@ -1762,9 +1854,9 @@ mod tests {
             => "cluster.serverReference", "required when cluster.redirect.enabled";
         redirect_bad_reason_code: with("cluster: {redirect: {reasonCode: 0x87}}\n")
             => "cluster.redirect.reasonCode", "must be 156 (0x9C, use another server) or 157";
-        jwt_without_keys: with("guards: {jwt: {issuer: i}}\n") => "guards.jwt", "set keys or jwksFile";
+        jwt_without_keys: with("guards: {jwt: {audience: a}}\n") => "guards.jwt", "set keys, jwksFile or jwksUrl";
         jwt_with_keys_and_file: with("guards: {jwt: {jwksFile: /k, keys: [{kty: OKP, crv: Ed25519, x: a}]}}\n")
-            => "guards.jwt.jwksFile", "not both";
+            => "guards.jwt", "not several";
         jwt_empty_issuer: with("guards: {jwt: {jwksFile: /k, issuer: ''}}\n")
             => "guards.jwt.issuer", "must not be empty";
         jwt_empty_roles_claim: with("guards: {jwt: {jwksFile: /k, rolesClaim: ''}}\n")

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub redirects: IntCounterVec,
     /// Sessions-topic partitions this process owns.
     pub owned_partitions: IntGauge,
+    /// Requests the guard or the authorization rules refused, by what (`connect`,
+    /// `publish`, `subscribe`, `token_expired`).
+    pub auth_refusals: IntCounterVec,
     /// Shared subscriptions with members here (one dispatcher each).
     pub share_dispatchers: IntGauge,
     /// Shared-subscription messages a member left without acknowledging, handed to
@@ -120,6 +123,11 @@ impl Metrics {
                 "owned_session_partitions",
                 "sessions-topic partitions this process owns",
             ),
+            auth_refusals: counter_vec(
+                "auth_refusals_total",
+                "requests refused by the guard or the authorization rules, by what",
+                "what",
+            ),
             share_dispatchers: gauge("share_dispatchers", "shared subscriptions with members on this process"),
             share_handed_back: counter(
                 "share_handed_back_total",
@@ -130,7 +138,8 @@ impl Metrics {
                 "share partitions taken over and read again from the stored cursor",
             ),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 21] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+            Box::new(metrics.auth_refusals.clone()),
             Box::new(metrics.share_dispatchers.clone()),
             Box::new(metrics.share_handed_back.clone()),
             Box::new(metrics.share_resumes.clone()),

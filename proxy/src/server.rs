@@ -42,6 +42,8 @@ pub enum ServerError {
     Producer(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Security(#[from] crate::auth::setup::SetupError),
     #[error("binding {address} for listener {name}: {source}")]
     Bind {
         name: String,
@@ -441,6 +443,17 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
             .into_iter()
             .map(|(name, task)| supervise(&liveness, name, task)),
     );
+    let security = Arc::new(crate::auth::setup::security(&config, jwks_tls())?);
+    if let Some(guard) = &security.guard {
+        let keys = Arc::clone(guard.keys());
+        if let Err(error) = keys.refresh().await {
+            // Not fatal: the refresher retries, and CONNECTs get 0x88 until it succeeds.
+            tracing::warn!(%error, "JWT keys not read at start-up; every CONNECT is refused until they are");
+        }
+        if let Some(refresher) = keys.spawn_refresher(crate::auth::setup::keys_refresh(&config)) {
+            tasks.push(supervise(&liveness, "jwt keys refresher", refresher));
+        }
+    }
     let shared = Shared {
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
@@ -448,6 +461,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         instance: Arc::from(config.effective_instance_id().as_str()),
         listener: Arc::from(""),
         limits: Arc::clone(&limits),
+        security: Arc::clone(&security),
         connections: Arc::new(AtomicUsize::new(0)),
     };
     // From here on a failure drops `server`, whose `Drop` stops what was started already.
@@ -488,4 +502,30 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     }
     server.readiness.set_listening();
     Ok(server)
+}
+
+/// TLS for `https` JWKS URLs: the platform's root certificates (none found: a warning, and
+/// only `http` URLs work).
+fn jwks_tls() -> rustls::ClientConfig {
+    use hyper_rustls::ConfigBuilderExt as _;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        || rustls::ClientConfig::builder_with_provider(Arc::clone(&provider)).with_safe_default_protocol_versions();
+    match builder().map(|b| b.with_native_roots()) {
+        Ok(Ok(roots)) => roots.with_no_client_auth(),
+        other => {
+            if let Ok(Err(error)) = other {
+                tracing::warn!(%error, "no root certificates for https JWKS URLs");
+            }
+            match builder() {
+                Ok(b) => b
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                // ring supports the default protocol versions; this cannot happen.
+                Err(_) => rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            }
+        }
+    }
 }

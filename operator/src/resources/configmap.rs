@@ -197,9 +197,16 @@ pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
                 issuer: jwt.issuer.clone(),
                 audience: jwt.audience.clone(),
                 keys: jwt.keys.clone(),
-                jwks_file: jwt.jwks_secret.as_ref().map(|_| format!("{JWKS_DIR}/{JWKS_FILE}")),
-                roles_claim: jwt.roles_claim.clone().unwrap_or_else(|| "roles".into()),
+                jwks_file: (jwt.jwks_secret.is_some() || jwt.jwks_config_map.is_some())
+                    .then(|| format!("{JWKS_DIR}/{JWKS_FILE}")),
+                jwks_url: jwt.jwks_url.clone(),
+                refresh_seconds: 300,
+                roles_claim: jwt.roles_claim.clone().unwrap_or_else(|| "scope".into()),
+                credentials: jwt.credentials.unwrap_or_default(),
             }),
+    };
+    config.authorization = mqtt_kafka_proxy::config::Authorization {
+        deny: spec.authorization.as_ref().map(|a| a.deny.clone()).unwrap_or_default(),
     };
     config
 }

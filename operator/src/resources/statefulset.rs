@@ -157,19 +157,19 @@ fn volumes_and_mounts(proxy: &MqttKafkaProxy) -> (Vec<Volume>, Vec<VolumeMount>)
             });
         }
     }
-    if let Some(jwks) = proxy
-        .spec
-        .authorization
-        .as_ref()
-        .and_then(|a| a.jwt.as_ref())
-        .and_then(|j| j.jwks_secret.as_ref())
-    {
-        volumes.push(Volume {
+    let jwt = proxy.spec.authorization.as_ref().and_then(|a| a.jwt.as_ref());
+    // Mounted whole (no subPath), so that Kubernetes updates the file when the Secret or
+    // ConfigMap changes and the proxy reads the rotated keys without a restart.
+    let jwks_volume = match (
+        jwt.and_then(|j| j.jwks_secret.as_ref()),
+        jwt.and_then(|j| j.jwks_config_map.as_ref()),
+    ) {
+        (Some(secret), _) => Some(Volume {
             name: "jwks".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(jwks.name.clone()),
+                secret_name: Some(secret.name.clone()),
                 items: Some(vec![KeyToPath {
-                    key: jwks.key.clone(),
+                    key: secret.key.clone(),
                     path: JWKS_FILE.into(),
                     ..KeyToPath::default()
                 }]),
@@ -177,7 +177,24 @@ fn volumes_and_mounts(proxy: &MqttKafkaProxy) -> (Vec<Volume>, Vec<VolumeMount>)
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()
-        });
+        }),
+        (None, Some(map)) => Some(Volume {
+            name: "jwks".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: map.name.clone(),
+                items: Some(vec![KeyToPath {
+                    key: map.key.clone(),
+                    path: JWKS_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }),
+        (None, None) => None,
+    };
+    if let Some(volume) = jwks_volume {
+        volumes.push(volume);
         mounts.push(VolumeMount {
             name: "jwks".into(),
             mount_path: JWKS_DIR.into(),

@@ -4,6 +4,16 @@
 //! in `filters`).
 
 pub mod filters;
+pub mod guard;
 pub mod jwt;
 pub mod keys;
 pub mod policy;
+pub mod setup;
+
+/// What a proxy checks: who may connect (`guard`: none means anyone) and what each client
+/// may do (`policy`).
+#[derive(Default)]
+pub struct Security {
+    pub guard: Option<guard::JwtGuard>,
+    pub policy: policy::Policy,
+}

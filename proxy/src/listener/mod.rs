@@ -36,6 +36,8 @@ pub struct Shared {
     /// owner's reference for the same listener.
     pub listener: Arc<str>,
     pub limits: Arc<Limits>,
+    /// The guard and the authorization rules.
+    pub security: Arc<crate::auth::Security>,
     /// Open connections of the whole process, counted from accept to close, CONNECT or
     /// not (for `mqtt.maxConnections`).
     pub connections: Arc<AtomicUsize>,

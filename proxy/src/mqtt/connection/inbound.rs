@@ -141,6 +141,9 @@ impl Connection {
                 return Err(Ending::Abnormal(Some(DisconnectReasonCode::ReceiveMaximumExceeded)));
             }
         }
+        if !self.authorize_publish(&topic, qos, packet_id)? {
+            return Ok(());
+        }
         if properties.is_utf8_payload && std::str::from_utf8(&publish.payload).is_err() {
             return match packet_id {
                 Some(id) => feed(transport, puback(qos, id, PublishAckReason::PayloadFormatInvalid)).await,
@@ -170,8 +173,9 @@ impl Connection {
             None => self.qos0_deliveries.push(Box::pin(delivery)),
             Some(id) => {
                 self.pending_ids.insert(id.get());
-                self.pending_acks
-                    .push_back(Box::pin(async move { (id, qos, delivery.await) }));
+                self.pending_acks.push_back(Box::pin(
+                    async move { (id, qos, delivery.await.map_err(AckError::Kafka)) },
+                ));
             }
         }
         Ok(())
@@ -182,12 +186,13 @@ impl Connection {
         transport: &mut Transport<S>,
         id: NonZeroU16,
         qos: u8,
-        result: Result<(), PublishError>,
+        result: Result<(), AckError>,
     ) -> Step {
         self.pending_ids.remove(&id.get());
         let reason = match result {
             Ok(()) => PublishAckReason::Success,
-            Err(error) => {
+            Err(AckError::NotAuthorized) => PublishAckReason::NotAuthorized,
+            Err(AckError::Kafka(error)) => {
                 tracing::warn!(client_id = %self.client_id, %error, "PUBLISH not stored in Kafka");
                 if self.version == Version::V3 {
                     // 3.1.1 has no negative acknowledgement; closing makes the client resend.
@@ -230,6 +235,10 @@ impl Connection {
             if subscription.share_group.is_some() && options.no_local {
                 // MQTT 5 §3.8.3.1: No Local on a shared subscription is a protocol error.
                 return Err(protocol_error());
+            }
+            if !self.authorize_subscribe(filter) {
+                status.push(SubscribeAckReason::NotAuthorized);
+                continue;
             }
             subscription.no_local = options.no_local;
             subscription.retain_as_published = options.retain_as_published;

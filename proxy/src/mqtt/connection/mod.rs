@@ -6,8 +6,11 @@
 //! end (session kept or deleted); `inbound` handles the client's packets and `outbound`
 //! the deliveries to it, including catch-ups from Kafka.
 
+mod authorize;
 mod inbound;
 mod outbound;
+
+use authorize::AckError;
 
 use outbound::recv_replay;
 
@@ -50,7 +53,7 @@ type Transport<S> = Framed<S, MqttCodec>;
 type Qos0Delivery = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
 /// Deliveries written before one flush.
 const DELIVERY_BATCH: usize = 256;
-type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), PublishError>)> + Send>>;
+type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), AckError>)> + Send>>;
 
 /// Serves one accepted byte stream until it closes.
 /// `slot` is its place in the process's connection count, taken at accept.
@@ -80,6 +83,7 @@ where
         instance,
         listener,
         limits,
+        security,
         connections: _,
     } = shared;
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
@@ -118,6 +122,12 @@ where
         Ok(accepted) => accepted,
         Err(reason) => return refuse(transport, reason).await,
     };
+    let admitted = match authorize::admit(&security, &connect, &hub) {
+        Ok(admitted) => admitted,
+        Err(reason) => return refuse(transport, reason).await,
+    };
+    let token_deadline = authorize::token_deadline(admitted.as_ref());
+    let principal = admitted.map(|a| a.principal).unwrap_or_default();
     if let Some(max) = connect.max_packet_size {
         transport.codec_mut().set_max_outbound(max.get());
     }
@@ -152,13 +162,14 @@ where
         will: connect.last_will.as_ref().map(session::stored_will),
         host: instance.to_string(),
     };
-    let opened = match session::open(&hub, &sessions, request).await {
+    let mut opened = match session::open(&hub, &sessions, request).await {
         Ok(opened) => opened,
         Err(error) => {
             tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
             return refuse(transport, ConnectAckReason::ServerUnavailable).await;
         }
     };
+    authorize::allowed_subscriptions(&security, &principal, &mut opened.state);
     let resume_from = if opened.session_present {
         opened.state.positions.clone()
     } else {
@@ -190,6 +201,9 @@ where
         sessions: Arc::clone(&sessions),
         replayer,
         limits: Arc::clone(&limits),
+        security,
+        principal,
+        token_deadline,
         inflight: Inflight::new(window, limits.outbound_queue),
         origins: HashMap::new(),
         out_aliases: OutboundAliases::new(connect.topic_alias_max),
@@ -370,6 +384,11 @@ struct Connection {
     sessions: Arc<SessionStore>,
     replayer: Arc<Replayer>,
     limits: Arc<Limits>,
+    security: Arc<crate::auth::Security>,
+    /// Who the guard says the client is.
+    principal: crate::auth::policy::Principal,
+    /// When its token expires: the connection ends then (5.0: DISCONNECT 0xA0).
+    token_deadline: Option<Instant>,
     inflight: Inflight<Outgoing>,
     /// Where the message behind each outbound packet id is in Kafka.
     origins: HashMap<u16, Origin>,
@@ -428,6 +447,8 @@ impl Connection {
         let far_future = Duration::from_secs(86_400 * 365);
         let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
         tokio::pin!(deadline);
+        let token_expiry = tokio::time::sleep_until(self.token_deadline.unwrap_or(Instant::now() + far_future));
+        tokio::pin!(token_expiry);
         let mut paused = false;
         loop {
             if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
@@ -493,6 +514,11 @@ impl Connection {
                 // by the producer: one line per message would flood the log in an outage.
                 Some(_) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => Ok(()),
                 _ = &mut deadline, if reading => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
+                () = &mut token_expiry, if self.token_deadline.is_some() => {
+                    self.hub.metrics().auth_refusals.with_label_values(&["token_expired"]).inc();
+                    tracing::info!(client_id = %self.client_id, "token expired: closing the connection");
+                    Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
+                }
             };
             if let Err(ending) = step {
                 return ending;
