@@ -327,27 +327,35 @@ mod tests {
     }
 
     #[test]
-    fn authorization_is_mapped_but_refused_until_the_proxy_enforces_it() {
+    fn authorization_is_mapped_to_the_proxy_guard_and_deny_rules() {
         let proxy = proxy(json!({
             "kafka": {"bootstrapServers": "k:9093"},
-            "routes": [{"when": [{"publish": [{"topic": "sensors/#"}]}], "guarded": {"jwt": ["device"]}}],
-            "authorization": {"jwt": {"issuer": "https://auth", "jwksSecret": {"name": "jwks", "key": "keys.json"}}}
+            "routes": [{"when": [{"publish": [{"topic": "sensors/{identity}/#"}]}], "guarded": {"jwt": ["device"]}}],
+            "authorization": {
+                "jwt": {"issuer": "https://auth", "jwksSecret": {"name": "jwks", "key": "keys.json"}, "credentials": "username"},
+                "deny": [{"topic": "internal/#"}]
+            }
         }));
         let config = proxy_config(&proxy);
         let jwt = config.guards.jwt.as_ref().expect("jwt guard");
         assert_eq!(jwt.jwks_file.as_deref(), Some("/etc/mqtt-kafka/jwks/jwks.json"));
-        assert_eq!(jwt.roles_claim, "roles");
-        let refused = render(&proxy).err().unwrap_or_default();
-        let paths: Vec<&str> = refused.iter().map(|v| v.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            ["spec.authorization.jwt", "spec.routes[0].guarded"],
-            "{refused:?}"
-        );
-        assert!(
-            refused.iter().all(|v| v.message.contains("not enforced")),
-            "{refused:?}"
-        );
+        assert_eq!(jwt.roles_claim, "scope");
+        assert_eq!(jwt.credentials, mqtt_kafka_proxy::config::TokenField::Username);
+        assert_eq!(config.authorization.deny.len(), 1);
+        let rendered = render(&proxy).expect("a guard is a valid proxy config now");
+        assert_eq!(&Config::from_yaml_str(&rendered.yaml).expect("reads back"), &rendered.config);
+
+        let by_map = proxy_config(&self::proxy(json!({
+            "kafka": {"bootstrapServers": "k:9093"},
+            "authorization": {"jwt": {"jwksConfigMap": {"name": "jwks", "key": "keys.json"}}}
+        })));
+        let jwt = by_map.guards.jwt.expect("jwt guard");
+        assert_eq!(jwt.jwks_file.as_deref(), Some("/etc/mqtt-kafka/jwks/jwks.json"));
+        let by_url = proxy_config(&self::proxy(json!({
+            "kafka": {"bootstrapServers": "k:9093"},
+            "authorization": {"jwt": {"jwksUrl": "https://idp/jwks"}}
+        })));
+        assert_eq!(by_url.guards.jwt.and_then(|j| j.jwks_url).as_deref(), Some("https://idp/jwks"));
     }
 
     #[test]
