@@ -164,6 +164,9 @@ spec:
       retained: {name: $TOPIC_PREFIX-retained, partitions: 12}
       messages: {name: $TOPIC_PREFIX-messages, partitions: 12}
   cluster:
+    # The pods' names under the headless Service (what the operator would derive): the host
+    # reaches them through CoreDNS, as in-cluster clients do.
+    serverReference: "{instance}.$NAME-headless.$NS.svc:1883"
     redirect: {enabled: true}
   pod:
     terminationGracePeriodSeconds: 40

@@ -180,15 +180,18 @@ class Client(threading.Thread):
         self._connack = (reason.value if hasattr(reason, "value") else int(reason), flags, properties)
 
     def _on_disconnect(self, client, userdata, flags, reason, properties):
+        if self._connack is not None and self._connack[0] != 0:
+            return  # the server closes after a refused CONNACK (paho calls it a protocol error)
         code = reason.value if hasattr(reason, "value") else int(reason)
         ref = getattr(properties, "ServerReference", None) if properties is not None else None
-        if self.v5 and code in REDIRECT_CODES and ref:
+        if not flags.is_disconnect_packet_from_server:
+            # Closed by us (code 0), or the connection broke without a DISCONNECT.
+            self.stats.add("closed" if code == 0 else "connection_lost")
+        elif self.v5 and code in REDIRECT_CODES and ref:
             self._goto = ref
             self.stats.add("disconnect_redirect")
-        elif code:
-            self.stats.add(f"disconnect_0x{code:02x}" if code < 256 else "disconnect_other")
         else:
-            self.stats.add("disconnect_normal")
+            self.stats.add(f"disconnect_0x{code:02x}")
 
     def _on_publish(self, client, userdata, mid, reason, properties):
         payload = self.pending.pop(mid, None)
@@ -245,7 +248,7 @@ class Client(threading.Thread):
                 self.stop.wait(0.5)
                 continue
             if connack is None:
-                self.stats.add("connack_timeout")
+                self.stats.add("no_connack")
                 target = self.entry
                 continue
             code, flags, props = connack
@@ -431,7 +434,7 @@ def cmd_run(args):
                 f"received {min(len(s.received) for s in subs)} {stats.counts}")
     for p in pubs:
         p.publishing.clear()
-    wait_until(lambda: all(not p.pending or not p.connected.is_set() for p in pubs), 30)
+    wait_until(lambda: all(not p.pending for p in pubs), 30)
     for p in pubs:
         p.finish()
     acked = set().union(*(p.acked for p in pubs))
