@@ -216,12 +216,28 @@ phase scale scale_3_5_2
 step "phase 'roll': rolling update under QoS 1 traffic"
 phase roll roll
 
+# ---------------------------------------------------------------- logs
+k logs -n "$NS" -l "$SELECTOR" --tail=-1 --prefix >"$OUT/proxies.log" 2>&1 || true
+k logs -n "$OPERATOR_NS" -l app.kubernetes.io/name=mqtt-kafka-operator --tail=-1 --prefix >"$OUT/operator.log" 2>&1 || true
+# What `kubectl logs` shows a person (and log collectors store) is plain text.
+if grep -q $'\x1b\[' "$OUT/proxies.log" "$OUT/operator.log"; then
+  die "the pods' logs hold terminal colour codes (see $OUT/proxies.log, $OUT/operator.log)"
+fi
+note "pod logs: $OUT/proxies.log, $OUT/operator.log ($(grep -c . "$OUT/proxies.log") and $(grep -c . "$OUT/operator.log") lines)"
+
 # ---------------------------------------------------------------- 5. delete, uninstall
 step "kubectl delete mkp/$NAME: its objects go, its topics stay"
+owned="statefulsets,services,configmaps,poddisruptionbudgets,serviceaccounts,pods"
+before="$(k get "$owned" -n "$NS" -l "app.kubernetes.io/instance=$NAME" -o name | sort | tr '\n' ' ')"
+for want in "statefulset.apps/$NAME" "service/$NAME" "service/$NAME-headless" "configmap/$NAME-config" \
+  "poddisruptionbudget.policy/$NAME" "serviceaccount/$NAME"; do
+  [[ " $before" == *" $want "* ]] || die "$want missing before the delete (have: $before)"
+done
+note "before: $before"
 k delete mkp "$NAME" -n "$NS" --wait=true --timeout=180s >&2
 leftovers=""
 for ((i = 0; i < 90; i++)); do
-  leftovers="$(k get statefulsets,services,configmaps,poddisruptionbudgets,serviceaccounts,pods -n "$NS" -l "app.kubernetes.io/instance=$NAME" -o name 2>/dev/null)"
+  leftovers="$(k get "$owned" -n "$NS" -l "app.kubernetes.io/instance=$NAME" -o name 2>/dev/null)"
   [[ -z "$leftovers" ]] && break
   sleep 2
 done
@@ -239,6 +255,8 @@ for ((i = 0; i < 60; i++)); do
   sleep 1
 done
 [[ -z "$(k get deployments,pods -n "$OPERATOR_NS" -o name 2>/dev/null)" ]] || die "operator objects left after helm uninstall"
+left="$(k get clusterroles,clusterrolebindings,serviceaccounts,roles,rolebindings,services -A -l "app.kubernetes.io/instance=$RELEASE" -o name 2>/dev/null)"
+[[ -z "$left" ]] || die "objects of the release left after helm uninstall: $left"
 k delete namespace "$NS" "$OPERATOR_NS" --wait=false >/dev/null 2>&1 || true
 
 step "passed in ${SECONDS}s"

@@ -397,6 +397,17 @@ def cmd_check(args):
 
 
 # ---------------------------------------------------------------- run (a phase under load)
+def served_by(clients):
+    """Connections per target (pod name for server references, 'service' for the ClusterIP)."""
+    counts = {}
+    for c in clients:
+        for target in c.path:
+            host = split_target(target)[0]
+            key = "service" if target == c.entry else host.split(".")[0]
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def cmd_run(args):
     resolver = Resolver(args.dns)
     stats = Stats()
@@ -465,6 +476,7 @@ def cmd_run(args):
         "acked_missing_in_kafka": len(lost_kafka),
         "acked_missing_at_subscribers": lost_subs,
         "redirects_followed": sum(c.redirects for c in pubs + subs) + stats.counts.get("disconnect_redirect", 0),
+        "connections_by_target": served_by(pubs + subs),
         "events": stats.counts,
     }
     print(json.dumps(figures))
