@@ -410,15 +410,6 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     hub.set_share_policy(Box::new(move |share, partition, offset| {
         store.share_here(share, partition, offset)
     }));
-    tasks.extend(crate::node::spawn(
-        Arc::clone(&hub),
-        Arc::clone(&sessions),
-        Arc::clone(&limits),
-        ServerReferences {
-            default: config.server_reference(&instance),
-            by_listener: config.listener_server_references(&instance),
-        },
-    ));
     let shared = Shared {
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
@@ -461,6 +452,17 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
             }
         });
     }
+    // Only now, with the listeners bound, does this process announce itself and so take
+    // sessions over: a client redirected here must find it listening.
+    server.tasks.extend(crate::node::spawn(
+        Arc::clone(&server.hub),
+        Arc::clone(&server.sessions),
+        Arc::clone(&server.limits),
+        ServerReferences {
+            default: config.server_reference(&instance),
+            by_listener: config.listener_server_references(&instance),
+        },
+    ));
     server.readiness.set_listening();
     Ok(server)
 }
