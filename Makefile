@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench bench-sessions images node-smoke fuzz
+.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench bench-sessions images node-smoke e2e fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ images: ## proxy and operator images (localhost/...:dev) without Docker; importe
 
 node-smoke: ## NODE=1 env-up, images, then a proxy pod and DNS/apiserver checks on the node
 	@bash e2e/node/smoke.sh
+
+e2e: ## on the local node: helm install, apply, MQTT 3.1.1/5.0, scale 3->5->2 and roll under QoS 1 traffic, delete
+	@bash e2e/kube/e2e.sh
 
 env-clean: env-down ## stop the environment and delete its data
 	rm -rf .local

@@ -180,15 +180,22 @@ node_images() {
 scheduler_healthy() { curl -fsSk "https://127.0.0.1:$SCHEDULER_PORT/healthz" >/dev/null 2>&1; }
 
 launch_scheduler() {
-  log "kube-scheduler: starting (health https://127.0.0.1:$SCHEDULER_PORT/healthz)"
+  local kc="$NODE_DIR/kube-scheduler.kubeconfig"
+  client_kubeconfig kube-scheduler "$kc"
+  log "kube-scheduler: starting as system:kube-scheduler (health https://127.0.0.1:$SCHEDULER_PORT/healthz)"
   start kube-scheduler "$KUBE_DIR/kube-scheduler.log" "$K8S_BIN_DIR/kube-scheduler" \
-    --kubeconfig "$KUBECONFIG_FILE" --authentication-kubeconfig "$KUBECONFIG_FILE" --authorization-kubeconfig "$KUBECONFIG_FILE" \
+    --kubeconfig "$kc" --authentication-kubeconfig "$kc" --authorization-kubeconfig "$kc" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false --profiling=false
 }
 
-# ---------------------------------------------------------------- kubelet
-node_kubeconfig() {
-  cat >"$NODE_DIR/kubelet.kubeconfig" <<KC
+# ---------------------------------------------------------------- credentials
+# Each daemon of the node has its own client certificate ($PKI_DIR/NAME.crt, made by up.sh's
+# make_pki) and so only what Kubernetes' built-in RBAC grants that user: the kubelet
+# system:node:<node> (Node authorizer), the scheduler system:kube-scheduler, kube-proxy
+# system:kube-proxy (ClusterRoleBinding system:node-proxier). None gets the admin's.
+# client_kubeconfig NAME FILE: a kubeconfig for $PKI_DIR/NAME.{crt,key} at the apiserver.
+client_kubeconfig() {
+  cat >"$2" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -197,17 +204,19 @@ clusters:
     server: https://$NODE_IP:$APISERVER_PORT
     certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
 users:
-- name: node
+- name: $1
   user:
-    client-certificate-data: $(base64 -w0 "$PKI_DIR/node.crt")
-    client-key-data: $(base64 -w0 "$PKI_DIR/node.key")
+    client-certificate-data: $(base64 -w0 "$PKI_DIR/$1.crt")
+    client-key-data: $(base64 -w0 "$PKI_DIR/$1.key")
 contexts:
 - name: local
-  context: {cluster: local, user: node}
+  context: {cluster: local, user: $1}
 current-context: local
 KC
-  chmod 600 "$NODE_DIR/kubelet.kubeconfig"
+  chmod 600 "$2"
 }
+
+# ---------------------------------------------------------------- kubelet
 
 kubelet_healthy() {
   curl -fsS "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz" >/dev/null 2>&1 &&
@@ -216,7 +225,7 @@ kubelet_healthy() {
 
 launch_kubelet() {
   mkdir -p "$KUBELET_ROOT" "$NODE_DIR/pod-logs"
-  node_kubeconfig
+  client_kubeconfig node "$NODE_DIR/kubelet.kubeconfig"
   # No upstream resolver: CoreDNS answers cluster.local only, nothing leaves the machine.
   printf '# pods with dnsPolicy Default get no nameserver\n' >"$NODE_DIR/resolv.conf"
   cat >"$NODE_DIR/kubelet.yaml" <<YAML
@@ -266,11 +275,12 @@ node_ready() {
 kube_proxy_healthy() { curl -fsS "http://127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT/livez" >/dev/null 2>&1; }
 
 launch_kube_proxy() {
+  client_kubeconfig kube-proxy "$NODE_DIR/kube-proxy.kubeconfig"
   cat >"$NODE_DIR/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: nftables
-clientConnection: {kubeconfig: $KUBECONFIG_FILE}
+clientConnection: {kubeconfig: $NODE_DIR/kube-proxy.kubeconfig}
 hostnameOverride: $NODE_NAME
 clusterCIDR: $POD_CIDR
 healthzBindAddress: 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT
@@ -280,7 +290,7 @@ nodePortAddresses: ["$NODE_IP/32"]
 # 0: leave the host's conntrack settings alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML
-  log "kube-proxy: starting (nftables)"
+  log "kube-proxy: starting as system:kube-proxy (nftables)"
   start kube-proxy "$NODE_DIR/kube-proxy.log" "$K8S_BIN_DIR/kube-proxy" --config "$NODE_DIR/kube-proxy.yaml"
 }
 

@@ -140,8 +140,11 @@ make_pki() {
     apiserver_cert
     stop_process kube-apiserver
   fi
-  if ((NODE_ON == 1)) && [[ ! -f "$PKI_DIR/node.crt" ]]; then
-    leaf node "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+  if ((NODE_ON == 1)); then
+    [[ -f "$PKI_DIR/node.crt" ]] || leaf node "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+    # The node's scheduler and kube-proxy: users that built-in RBAC knows (node.sh).
+    [[ -f "$PKI_DIR/kube-scheduler.crt" ]] || leaf kube-scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+    [[ -f "$PKI_DIR/kube-proxy.crt" ]] || leaf kube-proxy "/CN=system:kube-proxy" "extendedKeyUsage=clientAuth"
   fi
 }
 

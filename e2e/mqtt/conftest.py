@@ -19,7 +19,9 @@ PROXY_BIN = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / 
 
 def _env_file():
     values = {}
-    path = REPO / ".local" / "env"
+    # `make env-up` writes it to its state dir ($MQTT_KAFKA_STATE, default ./.local).
+    state = pathlib.Path(os.environ.get("MQTT_KAFKA_STATE", REPO / ".local"))
+    path = pathlib.Path(os.environ.get("MQTT_KAFKA_ENV_FILE", state / "env"))
     if path.exists():
         for line in path.read_text().splitlines():
             if "=" in line and not line.startswith("#"):

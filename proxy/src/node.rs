@@ -23,8 +23,60 @@ const LEAVE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the mover looks for clients to move.
 const MOVE_EVERY: Duration = Duration::from_millis(100);
 
+/// Longest a starting process waits for its own server references to resolve before it
+/// announces itself (and so is given sessions whose clients are redirected to it).
+const RESOLVE_WAIT: Duration = Duration::from_secs(15);
+/// Longest one lookup of a server reference may take (a resolver that does not answer).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the lookups are tried again meanwhile.
+const RESOLVE_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether `reference` (`host:port`) resolves to an address here.
+async fn resolves(reference: String) -> bool {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(reference)).await {
+        Ok(Ok(mut addresses)) => addresses.next().is_some(),
+        _ => false,
+    }
+}
+
+/// Waits until `resolve` answers yes for each of `references`, at most `limit`; returns
+/// whether they all did. On Kubernetes a pod's DNS name (the default server reference)
+/// appears a moment after the pod starts: a process that announced itself before would be
+/// given sessions whose MQTT 5 clients are redirected to a name that does not resolve yet
+/// (the e2e run on the local node saw that for 2 to 3 s on every scale-up).
+async fn until_resolvable<F, Fut>(references: &ServerReferences, limit: Duration, resolve: F) -> bool
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let wanted: std::collections::BTreeSet<&String> = references
+        .default
+        .iter()
+        .chain(references.by_listener.values())
+        .collect();
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut all = true;
+        for reference in &wanted {
+            if !resolve((*reference).clone()).await {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(RESOLVE_EVERY).await;
+    }
+}
+
 /// Starts the heartbeat, the adoption of orphaned sessions and (with redirects on) the
-/// mover, each with its name; they run until their tasks are aborted.
+/// mover, each with its name; they run until their tasks are aborted. Call it once the MQTT
+/// listeners are bound: the first heartbeat makes this process an owner of sessions, and it
+/// waits until the process's own server references resolve (at most [`RESOLVE_WAIT`]).
 pub fn spawn(
     hub: Arc<Hub>,
     store: Arc<SessionStore>,
@@ -36,6 +88,14 @@ pub fn spawn(
     tasks.push((
         "heartbeat",
         tokio::spawn(async move {
+            if !until_resolvable(&references, RESOLVE_WAIT, resolves).await {
+                tracing::warn!(
+                    ?references,
+                    "this process's server reference does not resolve here after {} s; announcing it anyway \
+                     (clients redirected to it may not reach this process)",
+                    RESOLVE_WAIT.as_secs()
+                );
+            }
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
                 tick.tick().await;
@@ -157,5 +217,65 @@ pub async fn leave(hub: &Arc<Hub>, store: &Arc<SessionStore>, limits: &Limits, g
             .redirects
             .with_label_values(&["shutdown"])
             .inc_by(u64::try_from(told).unwrap_or(0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn references(default: &str, listener: &str) -> ServerReferences {
+        ServerReferences {
+            default: Some(default.into()),
+            by_listener: [("ws".to_owned(), listener.to_owned())].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn announcing_waits_until_every_own_reference_resolves() {
+        let asked = AtomicUsize::new(0);
+        // The pod's name resolves from the third round on; the WebSocket one at once.
+        let ok = until_resolvable(
+            &references("p-0.h.ns.svc:1883", "p-0.h.ns.svc:8080"),
+            RESOLVE_WAIT,
+            |r| {
+                let round = asked.fetch_add(1, Ordering::SeqCst);
+                async move { !r.ends_with(":1883") || round >= 2 }
+            },
+        )
+        .await;
+        assert!(ok);
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            4,
+            "two failed rounds, then both references"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reference_that_never_resolves_delays_announcing_by_the_limit_only() {
+        let started = Instant::now();
+        let ok = until_resolvable(
+            &references("nowhere:1883", "nowhere:8080"),
+            Duration::from_millis(600),
+            |_| async { false },
+        )
+        .await;
+        assert!(!ok);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(600) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn addresses_and_no_references_need_no_waiting() {
+        let started = Instant::now();
+        assert!(until_resolvable(&references("127.0.0.1:1883", "127.0.0.1:8080"), RESOLVE_WAIT, resolves).await);
+        assert!(until_resolvable(&ServerReferences::default(), RESOLVE_WAIT, resolves).await);
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -428,20 +428,6 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         sessions: Arc::clone(&sessions),
         replayer: Arc::clone(&replayer),
     });
-    let node_tasks = crate::node::spawn(
-        Arc::clone(&hub),
-        Arc::clone(&sessions),
-        Arc::clone(&limits),
-        ServerReferences {
-            default: config.server_reference(&instance),
-            by_listener: config.listener_server_references(&instance),
-        },
-    );
-    tasks.extend(
-        node_tasks
-            .into_iter()
-            .map(|(name, task)| supervise(&liveness, name, task)),
-    );
     let security = Arc::new(crate::auth::setup::security(&config, jwks_tls())?);
     if let Some(guard) = &security.guard {
         let keys = Arc::clone(guard.keys());
@@ -499,6 +485,23 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         let name = format!("listener {}", l.name);
         server.listener_tasks.push(supervise(&server.liveness, name, accept));
     }
+    // Only now, with the listeners bound, does this process announce itself and so take
+    // sessions over: a client redirected here must find it listening.
+    let node_tasks = crate::node::spawn(
+        Arc::clone(&server.hub),
+        Arc::clone(&server.sessions),
+        Arc::clone(&server.limits),
+        ServerReferences {
+            default: config.server_reference(&instance),
+            by_listener: config.listener_server_references(&instance),
+        },
+    );
+    let liveness = Arc::clone(&server.liveness);
+    server.tasks.extend(
+        node_tasks
+            .into_iter()
+            .map(|(name, task)| supervise(&liveness, name, task)),
+    );
     server.readiness.set_listening();
     Ok(server)
 }

@@ -37,25 +37,32 @@ async fn create_topic(admin: &AdminClient<DefaultClientContext>, topic: &NewTopi
 }
 
 /// A config entry of `which`. Right after creation the broker may not describe the topic
-/// yet, so this asks again for up to 10 s.
+/// yet, or describe it without its configs (seen on a loaded machine), so this asks again
+/// for up to 10 s while the request fails or the entry is missing.
 async fn config_value(
     admin: &AdminClient<DefaultClientContext>,
     which: ResourceSpecifier<'_>,
     key: &str,
 ) -> Option<String> {
-    let mut last_error = String::new();
+    let mut last_error = None;
     for _ in 0..50 {
         let results = admin
             .describe_configs([&which], &options())
             .await
             .expect("describe_configs request");
         match results.into_iter().next().expect("one result") {
-            Ok(resource) => return resource.get(key).and_then(|entry| entry.value.clone()),
-            Err(e) => last_error = e.to_string(),
+            Ok(resource) => match resource.get(key).and_then(|entry| entry.value.clone()) {
+                Some(value) => return Some(value),
+                None => last_error = None,
+            },
+            Err(e) => last_error = Some(e.to_string()),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("describe_configs kept failing: {last_error}");
+    if let Some(error) = last_error {
+        panic!("describe_configs kept failing: {error}");
+    }
+    None
 }
 
 #[tokio::test]

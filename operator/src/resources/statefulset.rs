@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, WeightedPodAffinityTerm,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -32,6 +32,11 @@ pub const INSTANCE_ID_ENV: &str = "MQTT_KAFKA_INSTANCE_ID";
 /// disconnects its clients at a bounded rate (DESIGN section 4) and commits its session
 /// positions before it leaves the consumer group.
 pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 60;
+/// Seconds a deleted pod keeps serving before it is told to stop (preStop sleep), at most
+/// a sixth of the grace period: time for the Service's endpoints to drop it, so that new
+/// connections through the Service stop reaching it before it closes its listeners (the
+/// local e2e run saw "connection refused" through the ClusterIP without it).
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// The unprivileged user of the proxy image (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;
 
@@ -259,6 +264,10 @@ pub fn statefulset(proxy: &MqttKafkaProxy, config_hash: &str) -> StatefulSet {
         ..ContainerPort::default()
     });
 
+    let grace = pod
+        .termination_grace_period_seconds
+        .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS);
+    let pre_stop_sleep = (grace / 6).min(PRE_STOP_SLEEP_SECONDS);
     let container = Container {
         name: CONTAINER.into(),
         image: Some(proxy.spec.image().into()),
@@ -286,6 +295,15 @@ pub fn statefulset(proxy: &MqttKafkaProxy, config_hash: &str) -> StatefulSet {
         }),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
+        lifecycle: (pre_stop_sleep > 0).then(|| Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: pre_stop_sleep,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     };
 
@@ -297,10 +315,7 @@ pub fn statefulset(proxy: &MqttKafkaProxy, config_hash: &str) -> StatefulSet {
         // Service links would put KAFKA_* variables into the environment for a Service
         // named "kafka", and the proxy reads KAFKA_BOOTSTRAP.
         enable_service_links: Some(false),
-        termination_grace_period_seconds: Some(
-            pod.termination_grace_period_seconds
-                .unwrap_or(DEFAULT_TERMINATION_GRACE_SECONDS),
-        ),
+        termination_grace_period_seconds: Some(grace),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS_USER),
@@ -462,6 +477,30 @@ mod tests {
                 .and_then(|a| a.pod_anti_affinity.as_ref())
                 .is_some()
         );
+    }
+
+    fn pre_stop_sleep(set: &StatefulSet) -> Option<i64> {
+        container(set)
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds)
+    }
+
+    #[test]
+    fn a_deleted_pod_serves_a_few_seconds_more_so_the_service_drops_it_before_it_stops_listening() {
+        let set = statefulset(&minimal(), "abc");
+        assert_eq!(pre_stop_sleep(&set), Some(PRE_STOP_SLEEP_SECONDS));
+        // The sleep counts against the grace period: at most a sixth of it, none when short.
+        let grace = |seconds: i64| {
+            let mut p = minimal();
+            p.spec.pod.termination_grace_period_seconds = Some(seconds);
+            pre_stop_sleep(&statefulset(&p, "abc"))
+        };
+        assert_eq!(grace(12), Some(2));
+        assert_eq!(grace(5), None);
+        assert_eq!(grace(600), Some(PRE_STOP_SLEEP_SECONDS));
     }
 
     #[test]
