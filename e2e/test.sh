@@ -23,8 +23,12 @@ fi
 set -a; source "$STATE/env"; set +a
 export MQTT_KAFKA_ENV_FILE="$STATE/env"
 kubectl() { "$MQTT_KAFKA_BIN/kubectl" --kubeconfig "$KUBECONFIG" "$@"; }
-# The tests below expect pods to stay Pending (no kubelet): the node takes none meanwhile.
-if [[ "${NODE:-}" == 1 ]]; then kubectl cordon "$NODE_NAME" >/dev/null; fi
+# The tests below expect pods to stay Pending (no kubelet): the node takes none meanwhile,
+# and no operator of an earlier e2e run is left to reconcile their resources.
+if [[ "${NODE:-}" == 1 ]]; then
+  kubectl cordon "$NODE_NAME" >/dev/null
+  bash e2e/kube/e2e.sh clean
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -26,13 +26,38 @@ SECONDS=0
 step() { printf '\n[e2e] %s +%ss %s\n' "$(date +%H:%M:%S)" "$SECONDS" "$*" >&2; }
 note() { printf '[e2e] %s\n' "$*" >&2; }
 
+k() { "$K8S_BIN_DIR/kubectl" "$@"; }
+helm() { "$BIN_DIR/helm-$HELM_VERSION" "$@"; }
+
+# clean_up: removes what an earlier run left (a failed run leaves everything for a look).
+clean_up() {
+  if k get namespace "$NS" >/dev/null 2>&1; then
+    note "deleting namespace $NS of an earlier run"
+    k delete mkp --all -n "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
+    k delete namespace "$NS" --wait=true --timeout=180s >/dev/null
+  fi
+  if helm status "$RELEASE" -n "$OPERATOR_NS" >/dev/null 2>&1; then
+    note "uninstalling the operator release of an earlier run"
+    helm uninstall "$RELEASE" -n "$OPERATOR_NS" --wait --timeout 120s >/dev/null
+  fi
+}
+
+# `e2e.sh clean`: only that, in a running environment (make test, before the other suites:
+# an operator left running would reconcile their resources too).
+if [[ "${1:-}" == clean ]]; then
+  [[ -f "$ENV_FILE" ]] || exit 0
+  set -a; source "$ENV_FILE"; set +a
+  export KUBECONFIG
+  k get --raw /readyz >/dev/null 2>&1 || exit 0
+  clean_up
+  exit 0
+fi
+
 NODE=1 bash "$ENV_DIR/up.sh"
 bash "$REPO_ROOT/e2e/images/build.sh"
 set -a; source "$ENV_FILE"; set +a
 [[ "${NODE:-}" == 1 ]] || die "the environment has no node"
 export KUBECONFIG
-k() { "$K8S_BIN_DIR/kubectl" "$@"; }
-helm() { "$BIN_DIR/helm-$HELM_VERSION" "$@"; }
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log
 
@@ -120,15 +145,7 @@ phase() {
 # ---------------------------------------------------------------- 0. leftovers of an earlier run
 step "node $NODE_NAME: $(k get node "$NODE_NAME" --no-headers)"
 k uncordon "$NODE_NAME" >/dev/null
-if k get namespace "$NS" >/dev/null 2>&1; then
-  note "deleting namespace $NS of an earlier run"
-  k delete mkp --all -n "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
-  k delete namespace "$NS" --wait=true --timeout=180s >/dev/null
-fi
-if helm status "$RELEASE" -n "$OPERATOR_NS" >/dev/null 2>&1; then
-  note "uninstalling the operator release of an earlier run"
-  helm uninstall "$RELEASE" -n "$OPERATOR_NS" --wait --timeout 120s >/dev/null
-fi
+clean_up
 
 # ---------------------------------------------------------------- 1. the operator
 step "helm install $RELEASE (image $OPERATOR_IMAGE from the node's containerd)"
@@ -263,9 +280,10 @@ step "passed in ${SECONDS}s"
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
-print("[e2e] phase   sent  acked  received(min)  in-kafka  lost  redirects  seconds")
+print("[e2e] phase   sent  acked  received(min)  in-kafka  lost  reconnects  redirects  seconds")
 for name in ("scale", "roll"):
     f = json.loads((out / f"{name}.json").read_text())
+    reconnects = f["events"].get("connected", 0) - f["publishers"] - f["subscribers"]
     print(f"[e2e] {name:6} {f['sent']:6} {f['acknowledged']:6} {f['received_min']:14} {f['in_kafka']:9} "
-          f"{f['acked_missing_in_kafka']:5} {f['redirects_followed']:10} {f['seconds']:8}")
+          f"{f['acked_missing_in_kafka']:5} {reconnects:11} {f['redirects_followed']:10} {f['seconds']:8}")
 PY

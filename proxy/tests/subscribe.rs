@@ -123,7 +123,7 @@ async fn no_local_suppresses_a_clients_own_messages() {
 #[tokio::test]
 async fn retained_messages_are_replayed_on_subscribe_per_retain_handling() {
     let proxy = TestProxy::start().await;
-    let publisher = Client::connect(&proxy, "ret-pub").await;
+    let mut publisher = Client::connect(&proxy, "ret-pub").await;
     publisher
         .client
         .publish("r/1", QoS::AtLeastOnce, true, "one")
@@ -144,6 +144,9 @@ async fn retained_messages_are_replayed_on_subscribe_per_retain_handling() {
         .publish("r/3", QoS::AtLeastOnce, true, "")
         .await
         .expect("publish");
+    // In Kafka before anyone subscribes (publish only queues them; under load the waiter
+    // below subscribed before r/2 was there and waited in vain).
+    publisher.pubacks(4).await;
     let mut waiter = Client::connect(&proxy, "ret-wait").await;
     subscribe(&mut waiter, "r/2", QoS::AtLeastOnce).await;
     // r/2's replay proves the publisher's retained records are in.
@@ -208,12 +211,14 @@ async fn retained_messages_are_replayed_on_subscribe_per_retain_handling() {
 #[tokio::test]
 async fn a_new_proxy_serves_retained_messages_published_before_it_started() {
     let first = TestProxy::start().await;
-    let publisher = Client::connect(&first, "early").await;
+    let mut publisher = Client::connect(&first, "early").await;
     publisher
         .client
         .publish("status/door", QoS::AtLeastOnce, true, "closed")
         .await
         .expect("publish");
+    // In Kafka before anyone subscribes (publish only queues it).
+    publisher.pubacks(1).await;
     let mut check = Client::connect(&first, "early-check").await;
     subscribe(&mut check, "status/door", QoS::AtLeastOnce).await;
     check.next_publish().await;

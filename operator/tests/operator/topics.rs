@@ -56,13 +56,19 @@ async fn a_drifted_topic_config_is_reverted() {
         Some("2000000"),
         "configs the spec does not mention are left alone"
     );
-    let events = env.event_reasons("p").await;
-    assert!(
-        events
-            .iter()
-            .any(|(reason, note)| reason == "TopicConfigReverted" && note.contains("cleanup.policy is delete")),
-        "{events:?}"
-    );
+    // The event is written after the alteration it reports: it can trail the config.
+    eventually(
+        "a TopicConfigReverted event naming cleanup.policy",
+        Duration::from_secs(10),
+        || async {
+            env.event_reasons("p")
+                .await
+                .iter()
+                .any(|(reason, note)| reason == "TopicConfigReverted" && note.contains("cleanup.policy is delete"))
+                .then_some(())
+        },
+    )
+    .await;
 
     operator.stop().await;
     env.cleanup().await;

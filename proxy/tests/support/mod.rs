@@ -215,11 +215,22 @@ impl Client {
                 .await
                 .expect("publish");
         }
+        self.pubacks(count).await;
+    }
+
+    /// Waits for `count` PUBACKs, each Success, skipping other packets. `client.publish`
+    /// only queues a message: a test that needs it in Kafka (and in the proxy's views)
+    /// before it goes on waits for its PUBACK.
+    pub async fn pubacks(&mut self, count: usize) {
         let mut acked = 0;
         while acked < count {
-            if let Ok(Packet::PubAck(ack)) = self.next().await {
-                assert_eq!(ack.reason, PubAckReason::Success, "PUBACK {acked}");
-                acked += 1;
+            match self.next().await {
+                Ok(Packet::PubAck(ack)) => {
+                    assert_eq!(ack.reason, PubAckReason::Success, "PUBACK {acked}");
+                    acked += 1;
+                }
+                Ok(_) => {}
+                Err(error) => panic!("connection ended after {acked} of {count} PUBACKs: {error}"),
             }
         }
     }
