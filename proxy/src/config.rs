@@ -269,7 +269,10 @@ pub enum ListenerProtocol {
     Websocket,
 }
 
-/// TLS material of a `tls` listener, as PEM files.
+/// TLS material of a `tls` listener, as PEM files. The files are read again every
+/// `reloadSeconds` and a changed certificate, key or client CA is served to the next
+/// connections (a rotated Kubernetes Secret); files that cannot be used keep the last good
+/// ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tls {
@@ -279,6 +282,67 @@ pub struct Tls {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     #[schemars(length(min = 1))]
     pub key_file: String,
+    /// PEM bundle of the CA certificates that client certificates must chain to. Setting
+    /// it asks clients for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+    /// Whether a client certificate is `required` (default with `clientCaFile`) or
+    /// `optional` (a client without one is served, one with a bad one is not). Only with
+    /// `clientCaFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// What a verified client certificate says about the client: `subject-cn` makes its
+    /// subject common name the client's identity (`{identity}` in guarded routes of the
+    /// `tls` guard) and its subject organizations (O) the client's roles. Applies when no
+    /// JWT guard is configured. Only with `clientCaFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<ClientIdentity>,
+    /// How often the files are checked for changes, in seconds (1..=3600).
+    #[serde(default = "default_tls_reload_seconds")]
+    pub reload_seconds: u32,
+}
+
+impl Tls {
+    /// A listener's certificate and key, with every other setting at its default.
+    pub fn new(cert_file: impl Into<String>, key_file: impl Into<String>) -> Self {
+        Tls {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_ca_file: None,
+            client_auth: None,
+            client_identity: None,
+            reload_seconds: default_tls_reload_seconds(),
+        }
+    }
+
+    /// How clients are asked for certificates: `None` when not at all.
+    pub fn effective_client_auth(&self) -> Option<ClientAuth> {
+        self.client_ca_file
+            .as_ref()
+            .map(|_| self.client_auth.unwrap_or(ClientAuth::Required))
+    }
+}
+
+fn default_tls_reload_seconds() -> u32 {
+    5
+}
+
+/// Whether a TLS listener with `clientCaFile` requires a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A client without a certificate fails the handshake.
+    Required,
+    /// A client without a certificate is served (without a certificate identity).
+    Optional,
+}
+
+/// Which part of a verified client certificate identifies the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIdentity {
+    /// The subject's common name (CN) is the identity, its organizations (O) the roles.
+    SubjectCn,
 }
 
 /// The HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`.
@@ -666,6 +730,18 @@ pub struct Guards {
     pub jwt: Option<JwtGuard>,
 }
 
+impl Config {
+    /// Whether a listener makes client certificates principals (`tls.clientIdentity`):
+    /// then routes may be guarded by the `tls` guard.
+    pub fn identifies_clients_by_certificate(&self) -> bool {
+        self.listeners.iter().any(|l| {
+            l.tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some() && t.client_identity.is_some())
+        })
+    }
+}
+
 impl Guards {
     /// Whether no guard is configured.
     pub fn is_empty(&self) -> bool {
@@ -1002,6 +1078,23 @@ impl Config {
                     if tls.key_file.is_empty() {
                         v.err(at("tls.keyFile"), "must not be empty");
                     }
+                    if tls.client_ca_file.as_deref() == Some("") {
+                        v.err(at("tls.clientCaFile"), "must not be empty");
+                    }
+                    if tls.client_ca_file.is_none() {
+                        if tls.client_auth.is_some() {
+                            v.err(at("tls.clientAuth"), "only allowed with tls.clientCaFile");
+                        }
+                        if tls.client_identity.is_some() {
+                            v.err(at("tls.clientIdentity"), "only allowed with tls.clientCaFile");
+                        }
+                    }
+                    if !(1..=3600).contains(&tls.reload_seconds) {
+                        v.err(
+                            at("tls.reloadSeconds"),
+                            format!("must be 1..=3600, got {}", tls.reload_seconds),
+                        );
+                    }
                 }
                 (protocol, Some(_)) => v.err(
                     at("tls"),
@@ -1166,7 +1259,10 @@ impl Config {
                     );
                 }
             }
-            let guards = self.guards.names();
+            let mut guards = self.guards.names();
+            if self.identifies_clients_by_certificate() {
+                guards.push("tls");
+            }
             for (guard, roles) in &route.guarded {
                 let path = format!("routes[{r}].guarded{}", key_segment(guard));
                 if !guards.contains(&guard.as_str()) {
@@ -1528,6 +1624,19 @@ mod tests {
     }
 
     #[test]
+    fn client_certificates_make_the_tls_guard() {
+        let config = Config::from_yaml_str(&with(
+            "listeners:\n  - name: a\n    protocol: tls\n    address: \"0.0.0.0:1\"\n    tls: {certFile: c, keyFile: k, clientCaFile: ca, clientIdentity: subject-cn}\n\
+             routes: [{when: [{publish: [{topic: 'd/{identity}/#'}]}], guarded: {tls: [devices]}}]\n",
+        ))
+        .expect("config");
+        let tls = config.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.effective_client_auth(), Some(ClientAuth::Required));
+        assert_eq!(tls.client_identity, Some(ClientIdentity::SubjectCn));
+        assert!(config.identifies_clients_by_certificate());
+    }
+
+    #[test]
     fn example_file_parses() {
         let config = Config::from_yaml_str(EXAMPLE_YAML).unwrap_or_else(|e| panic!("example: {e}"));
         assert_eq!(config.listeners.len(), 3);
@@ -1542,6 +1651,8 @@ mod tests {
             })
         );
         assert!(config.guards.jwt.is_none(), "the example's guard is commented out");
+        let tls = config.listeners[1].tls.as_ref().expect("tls");
+        assert_eq!((tls.reload_seconds, tls.effective_client_auth()), (5, None));
         assert!(config.cluster.redirect.enabled);
         assert_eq!(
             config.server_reference("proxy-2").as_deref(),
@@ -1774,6 +1885,21 @@ mod tests {
         tls_on_tcp_listener: with(
             "listeners: [{name: a, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k}}]\n"
         ) => "listeners[0].tls", "only allowed when protocol is tls or websocket";
+        client_auth_without_client_ca: with(
+            "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, clientAuth: optional}}]\n"
+        ) => "listeners[0].tls.clientAuth", "only allowed with tls.clientCaFile";
+        client_identity_without_client_ca: with(
+            "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, clientIdentity: subject-cn}}]\n"
+        ) => "listeners[0].tls.clientIdentity", "only allowed with tls.clientCaFile";
+        tls_reload_seconds_zero: with(
+            "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, reloadSeconds: 0}}]\n"
+        ) => "listeners[0].tls.reloadSeconds", "must be 1..=3600, got 0";
+        unknown_client_identity: with(
+            "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, clientCaFile: ca, clientIdentity: subject-dn}}]\n"
+        ) => "listeners[0].tls.clientIdentity", "subject-cn";
+        tls_guard_without_client_identity: with(
+            "routes: [{when: [{publish: [{topic: 'd/{identity}/#'}]}], guarded: {tls: []}}]\n"
+        ) => "routes[0].guarded.tls", "unknown guard \"tls\"";
         empty_tls_cert_file: with(
             "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: '', keyFile: k}}]\n"
         ) => "listeners[0].tls.certFile", "must not be empty";

@@ -164,9 +164,11 @@ pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
             protocol: l.protocol,
             address: format!("0.0.0.0:{}", l.port),
             path: l.path.clone(),
-            tls: l.tls.as_ref().map(|_| Tls {
-                cert_file: format!("{TLS_DIR}/{}/tls.crt", l.name),
-                key_file: format!("{TLS_DIR}/{}/tls.key", l.name),
+            tls: l.tls.as_ref().map(|_| {
+                Tls::new(
+                    format!("{TLS_DIR}/{}/tls.crt", l.name),
+                    format!("{TLS_DIR}/{}/tls.key", l.name),
+                )
             }),
             server_reference: Some(reference),
         })
@@ -343,7 +345,10 @@ mod tests {
         assert_eq!(jwt.credentials, mqtt_kafka_proxy::config::TokenField::Username);
         assert_eq!(config.authorization.deny.len(), 1);
         let rendered = render(&proxy).expect("a guard is a valid proxy config now");
-        assert_eq!(&Config::from_yaml_str(&rendered.yaml).expect("reads back"), &rendered.config);
+        assert_eq!(
+            &Config::from_yaml_str(&rendered.yaml).expect("reads back"),
+            &rendered.config
+        );
 
         let by_map = proxy_config(&self::proxy(json!({
             "kafka": {"bootstrapServers": "k:9093"},
@@ -355,7 +360,10 @@ mod tests {
             "kafka": {"bootstrapServers": "k:9093"},
             "authorization": {"jwt": {"jwksUrl": "https://idp/jwks"}}
         })));
-        assert_eq!(by_url.guards.jwt.and_then(|j| j.jwks_url).as_deref(), Some("https://idp/jwks"));
+        assert_eq!(
+            by_url.guards.jwt.and_then(|j| j.jwks_url).as_deref(),
+            Some("https://idp/jwks")
+        );
     }
 
     #[test]
