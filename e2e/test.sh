@@ -2,7 +2,8 @@
 # `make test`: the environment, the linters, then every test in the workspace against the
 # live Kafka and apiserver. Fails if anything fails, if a test was skipped (ignored), if
 # the committed CRD is not what crdgen prints, if the Helm chart or deploy/ fails its checks
-# (e2e/chart/check.sh), or if the Tiltfile does (e2e/tilt/check.sh).
+# (e2e/chart/check.sh), if the Tiltfile does (e2e/tilt/check.sh), or if MQTT.js in headless
+# Chromium cannot talk through the proxy over ws and wss (e2e/browser/run.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '\n[test] %s %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -47,16 +48,27 @@ python3 -m pytest -q -p no:cacheprovider e2e/mqtt 2>&1 | tee "$pyout"
 pyrc=${PIPESTATUS[0]}
 set -e
 
+log "browser: MQTT.js in headless Chromium over ws and wss (e2e/browser, screenshots in target/browser/)"
+brout=.local/browser.log
+set +e
+PROXY_BIN="${CARGO_TARGET_DIR:-target}/debug/mqtt-kafka-proxy" bash e2e/browser/run.sh 2>&1 | tee "$brout"
+brrc=${PIPESTATUS[0]}
+set -e
+brpassed=$(tail -n 1 "$brout" | grep -oE '[0-9]+ passed' | awk '{print $1+0}' || true)
+brfailed=$(tail -n 1 "$brout" | grep -oE '[0-9]+ failed' | awk '{print $1+0}' || true)
+if ((brrc != 0 && ${brfailed:-0} == 0)); then brfailed=1; fi
+
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}' || true)
 failed=$(grep -oE '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}' || true)
 ignored=$(grep -oE '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}' || true)
 pypassed=$(tail -n 1 "$pyout" | grep -oE '[0-9]+ passed' | awk '{print $1+0}' || true)
 pyfailed=$(tail -n 1 "$pyout" | grep -oE '[0-9]+ (failed|error)' | awk '{s+=$1} END {print s+0}' || true)
 pyskipped=$(tail -n 1 "$pyout" | grep -oE '[0-9]+ skipped' | awk '{print $1+0}' || true)
-log "summary after ${SECONDS}s: cargo ${passed}/${failed}/${ignored}, pytest ${pypassed:-0}/${pyfailed:-0}/${pyskipped:-0} (passed/failed/skipped)"
-echo "$((passed + ${pypassed:-0})) passed, $((failed + ${pyfailed:-0})) failed, $((ignored + ${pyskipped:-0})) skipped"
+log "summary after ${SECONDS}s: cargo ${passed}/${failed}/${ignored}, pytest ${pypassed:-0}/${pyfailed:-0}/${pyskipped:-0}, browser ${brpassed:-0}/${brfailed:-0}/0 (passed/failed/skipped)"
+echo "$((passed + ${pypassed:-0} + ${brpassed:-0})) passed, $((failed + ${pyfailed:-0} + ${brfailed:-0})) failed, $((ignored + ${pyskipped:-0})) skipped"
 if ((rc != 0)); then echo "cargo test failed (exit $rc)" >&2; exit "$rc"; fi
 if ((pyrc != 0)); then echo "pytest failed (exit $pyrc)" >&2; exit "$pyrc"; fi
+if ((brrc != 0)); then echo "browser tests failed (exit $brrc; .local/browser.log)" >&2; exit "$brrc"; fi
 if ((ignored + ${pyskipped:-0} != 0)); then
   echo "tests were skipped; every test must run against the live environment" >&2
   grep -E '\.\.\. ignored' "$out" >&2 || true
