@@ -327,7 +327,7 @@ fn default_tls_reload_seconds() -> u32 {
     5
 }
 
-/// Whether a TLS listener with `clientCaFile` requires a client certificate.
+/// Whether a TLS listener with a client CA requires a client certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
