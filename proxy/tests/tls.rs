@@ -427,3 +427,130 @@ async fn the_client_certificate_common_name_is_the_identity_guarded_routes_confi
         }
     }
 }
+
+/// An MQTT 5 peer over wss (tokio-rustls + tungstenite) with a client certificate, reading
+/// whole packets from the binary frames.
+struct WssPeer {
+    ws: tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    buffer: Vec<u8>,
+}
+
+impl WssPeer {
+    async fn open(port: u16, tls: Arc<rustls::ClientConfig>) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut request = format!("wss://localhost:{port}/mqtt")
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("mqtt"),
+        );
+        // With TLS 1.3 a refused client certificate shows up here, at the first read.
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(request, stream))
+            .await
+            .map_err(|_| "no upgrade in time".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(Self { ws, buffer: Vec::new() })
+    }
+
+    async fn send(&mut self, packet: Vec<u8>) {
+        use futures::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Binary(packet.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next whole packet (small packets only: one-byte remaining length).
+    async fn packet(&mut self) -> Vec<u8> {
+        use futures::StreamExt;
+        loop {
+            if self.buffer.len() >= 2 && self.buffer.len() >= 2 + usize::from(self.buffer[1]) {
+                let len = 2 + usize::from(self.buffer[1]);
+                return self.buffer.drain(..len).collect();
+            }
+            match tokio::time::timeout(WAIT, self.ws.next()).await {
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Binary(data)))) => {
+                    self.buffer.extend_from_slice(&data)
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+}
+
+/// MQTT 5 PUBLISH QoS 1 (packet id `id`, no properties).
+fn publish_qos1(topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut variable = u16::try_from(topic.len()).expect("short topic").to_be_bytes().to_vec();
+    variable.extend_from_slice(topic.as_bytes());
+    variable.extend_from_slice(&id.to_be_bytes());
+    variable.push(0);
+    variable.extend_from_slice(payload);
+    let mut packet = vec![0x32, u8::try_from(variable.len()).expect("short publish")];
+    packet.extend(variable);
+    packet
+}
+
+#[tokio::test]
+async fn over_wss_a_client_certificate_is_required_and_its_common_name_is_the_identity() {
+    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+    let (_secret, mut tls) = mutual_tls(&server_ca, &client_ca, ClientAuth::Required);
+    tls.client_identity = Some(ClientIdentity::SubjectCn);
+    let proxy = TestProxy::start_with(|config| {
+        config.listeners.push(Listener {
+            name: "wss".into(),
+            protocol: ListenerProtocol::Websocket,
+            address: "127.0.0.1:0".into(),
+            path: None,
+            tls: Some(tls),
+            server_reference: None,
+        });
+        config.routes = vec![Route {
+            when: vec![RouteCondition::Publish(vec![TopicCondition {
+                topic: "devices/{identity}/#".into(),
+            }])],
+            with: None,
+            guarded: [("tls".to_owned(), Vec::new())].into(),
+        }];
+    })
+    .await;
+    let port = proxy.server.mqtt_addresses[1].port();
+
+    let refused = match WssPeer::open(port, client_tls(&server_ca.der, None)).await {
+        Err(error) => error,
+        Ok(mut peer) => {
+            use futures::StreamExt;
+            peer.send(support::RawPeer::v5_connect("wss-anonymous")).await;
+            format!("{:?}", tokio::time::timeout(WAIT, peer.ws.next()).await)
+        }
+    };
+    assert!(
+        refused.to_lowercase().contains("certificate"),
+        "served over wss without a client certificate: {refused}"
+    );
+
+    let device = client_ca.client("device-3");
+    let mut peer = WssPeer::open(port, client_tls(&server_ca.der, Some(&device)))
+        .await
+        .expect("wss with a client certificate");
+    peer.send(support::RawPeer::v5_connect("wss-device")).await;
+    let connack = peer.packet().await;
+    assert_eq!((connack[0], connack[3]), (0x20, 0x00), "CONNACK {connack:02x?}");
+    for (id, topic, reason) in [(1u16, "devices/device-3/t", 0x00u8), (2, "devices/device-4/t", 0x87)] {
+        peer.send(publish_qos1(topic, id, b"x")).await;
+        let puback = peer.packet().await;
+        assert_eq!(puback[0], 0x40, "PUBACK {puback:02x?}");
+        assert_eq!(u16::from_be_bytes([puback[2], puback[3]]), id);
+        let code = if puback[1] >= 3 { puback[4] } else { 0x00 };
+        assert_eq!(code, reason, "{topic}: PUBACK {puback:02x?}");
+    }
+}
