@@ -159,6 +159,7 @@ async function check(browser, pageBase, ports, label, url) {
     } finally {
       await page.screenshot({ path: path.join(artifacts, `${label}.png`) });
     }
+    await page.locator("#published", { hasText: "PUBACK received" }).waitFor({ timeout: WAIT_MS });
     const status = await page.textContent("#status");
     const received = await page.locator("#received li").allTextContents();
     const published = await page.textContent("#published");
