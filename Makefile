@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run run-cluster test test-browser lint crds bench bench-sessions images node-smoke
+.PHONY: help env-up env-down env-clean run run-cluster test test-browser lint crds bench bench-sessions images node-smoke fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ crds: ## regenerate crds/ from the operator's types, and deploy/ from the Helm c
 
 bench: ## proxy vs Mosquitto on loopback: throughput and latency, with the ratio
 	@bash e2e/bench/run.sh
+
+fuzz: ## coverage-guided fuzzing of the codec and the connection state machines (RUNS=5000000 per target; nightly)
+	@bash e2e/fuzz.sh
 
 bench-sessions: ## sessions: ownership move after SIGKILL / SIGTERM, reconnect storm, Kafka clients
 	@bash e2e/bench/sessions.sh

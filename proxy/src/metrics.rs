@@ -26,8 +26,8 @@ pub struct Metrics {
     pub retained: IntGauge,
     /// Connections closed by the server, by DISCONNECT reason code.
     pub disconnects: IntCounterVec,
-    /// Kafka fan-out consumers of this process: one per messages topic, whatever the
-    /// number of MQTT subscribers.
+    /// Kafka fan-out consumers of this process that exist now: one per messages topic,
+    /// whatever the number of MQTT subscribers.
     pub fanout_consumers: IntGauge,
     /// Kafka clients replaced because they stopped working, by client (`producer`,
     /// `fan-out <topic>`, `retained`).

@@ -322,7 +322,6 @@ async fn connect_kafka(
             supervision.clone(),
         );
         tasks.push(supervise(liveness, format!("fan-out {topic}"), reader.await?));
-        metrics.fanout_consumers.inc();
     }
     let watcher = publisher.supervise(
         topics,

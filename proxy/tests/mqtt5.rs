@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mqtt_kafka_proxy::config::{Route, RouteCondition, RouteWith, TopicCondition};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use support::{Client, RawPeer, TestProxy};
@@ -420,21 +421,81 @@ async fn an_invalid_utf8_payload_marked_utf8_gets_puback_0x99_and_is_not_stored(
         "{puback:02x?}"
     );
     assert_eq!(proxy.metric("mqtt_kafka_published_total{qos=\"1\"}").await, Some(1.0));
+    // Then a valid PUBLISH on the same topic, so in the same partition, after it: Kafka
+    // holds that one and nothing before it.
+    peer.send(&[0x32, 0x09, 0, 1, b'u', 0, 6, 2, 0x01, 0x01, b'k']).await;
+    let puback = peer.read_packet().await.expect("PUBACK");
+    assert_eq!((puback[0], puback[3]), (0x40, 6), "{puback:02x?}");
+    assert!(puback.len() < 5 || puback[4] == 0, "stored: {puback:02x?}");
+    let reader = support::KafkaReader::new(proxy.bootstrap(), &proxy.config.topics.messages);
+    let first = reader.next_with_key("u").await;
+    assert_eq!(
+        rdkafka::Message::payload(&first),
+        Some(&b"k"[..]),
+        "the invalid payload reached Kafka"
+    );
 }
 
 #[tokio::test]
 async fn one_fanout_consumer_per_messages_topic_however_many_subscribers() {
-    let proxy = TestProxy::start().await;
+    // Two messages topics: the default one, and a route's for `many/odd/#`.
+    let odd_topic = mqtt_kafka_testenv::unique_name("t-odd");
+    let routed = odd_topic.clone();
+    let proxy = TestProxy::start_with(move |c| {
+        let filter = || {
+            vec![TopicCondition {
+                topic: "many/odd/#".into(),
+            }]
+        };
+        c.routes = vec![Route {
+            when: vec![RouteCondition::Publish(filter()), RouteCondition::Subscribe(filter())],
+            with: Some(RouteWith { messages: routed }),
+            guarded: Default::default(),
+        }];
+    })
+    .await;
+    let filter = |i: usize| {
+        if i % 2 == 1 {
+            format!("many/odd/{i}")
+        } else {
+            format!("many/{i}")
+        }
+    };
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut c = Client::connect(&proxy, &format!("many-{i}")).await;
         c.client
-            .subscribe(format!("many/{i}/#"), QoS::AtMostOnce)
+            .subscribe(filter(i), QoS::AtLeastOnce)
             .await
             .expect("subscribe");
         c.suback().await;
         clients.push(c);
     }
-    assert_eq!(proxy.metric("mqtt_kafka_fanout_consumers").await, Some(1.0));
-    assert_eq!(proxy.metric("mqtt_kafka_connections").await, Some(20.0));
+    // Every subscriber is served, through both topics...
+    let publisher = Client::connect(&proxy, "many-pub").await;
+    for i in 0..20 {
+        publisher
+            .client
+            .publish(filter(i), QoS::AtLeastOnce, false, format!("to {i}"))
+            .await
+            .expect("publish");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(c.next_publish().await.payload, format!("to {i}").into_bytes());
+    }
+    // ...by the fan-out consumers that exist now: one per messages topic.
+    assert_eq!(proxy.metric("mqtt_kafka_fanout_consumers").await, Some(2.0));
+    assert_eq!(proxy.metric("mqtt_kafka_connections").await, Some(21.0));
+    // The gauge follows what runs: with the proxy gone, its consumers are gone.
+    let gauge = proxy.server.hub.metrics().fanout_consumers.clone();
+    drop(clients);
+    drop(proxy);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge.get() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fan-out consumers still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -71,36 +71,74 @@ async fn a_qos1_publish_becomes_a_record_with_key_value_timestamp_headers_and_mu
 
 #[tokio::test]
 async fn the_puback_comes_after_the_record_is_in_kafka() {
-    let proxy = TestProxy::start().await;
+    // A broker of its own, paused below: meanwhile nothing can be stored, so a PUBACK or
+    // PUBREC in that time would acknowledge what is not in Kafka.
+    let node = mqtt_kafka_testenv::kafka_node::KafkaNode::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bootstrap = node.bootstrap();
+    let proxy = TestProxy::start_with(|c| c.kafka.bootstrap_servers = bootstrap.clone()).await;
     let mut client = Client::connect(&proxy, "acker").await;
-    let topic = &proxy.config.topics.messages;
+    let topic = proxy.config.topics.messages.clone();
     let partition = partition_for(b"ack/check", PARTITIONS);
-    let watermarks = |bootstrap: String, topic: String| {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("consumer");
-        consumer
-            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-            .expect("watermarks")
-            .1
+    let watermark = || {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .create()
+                    .expect("consumer");
+                consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .await
+            .expect("watermarks task")
+        }
     };
-    let high_before = watermarks(proxy.bootstrap().to_owned(), topic.clone());
+    let high_before = watermark().await;
+    node.pause().expect("pause");
     for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
         client
             .client
             .publish("ack/check", qos, false, "x")
             .await
             .expect("publish");
+    }
+    let early = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             match client.next().await.expect("connected") {
-                Packet::PubAck(_) | Packet::PubRec(_) => break,
+                Packet::PubAck(ack) => return format!("{ack:?}"),
+                Packet::PubRec(rec) => return format!("{rec:?}"),
                 _ => {}
             }
         }
+    })
+    .await;
+    assert!(early.is_err(), "acknowledged while Kafka could not store: {early:?}");
+    // Kafka is back: the acknowledgements follow, each for a record Kafka holds by then.
+    node.resume().expect("resume");
+    let mut acked = 0;
+    while acked < 2 {
+        match client.next().await.expect("connected") {
+            Packet::PubAck(ack) => {
+                assert_eq!(ack.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+                acked += 1;
+            }
+            Packet::PubRec(rec) => {
+                assert_eq!(rec.reason, rumqttc::v5::mqttbytes::v5::PubRecReason::Success);
+                acked += 1;
+            }
+            _ => continue,
+        }
+        assert!(
+            watermark().await >= high_before + acked,
+            "acknowledged before it was stored"
+        );
     }
-    // Both records are durable by the time each acknowledgement was read.
-    assert_eq!(watermarks(proxy.bootstrap().to_owned(), topic.clone()), high_before + 2);
+    assert_eq!(watermark().await, high_before + 2);
 }
 
 #[tokio::test]

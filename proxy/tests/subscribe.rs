@@ -403,3 +403,16 @@ async fn partitions_added_to_a_messages_topic_are_read_and_written() {
         (&b"grow/new"[..], &b"in a new partition"[..])
     );
 }
+
+/// The helper the other tests use to say "nothing arrives" must not say so of a client the
+/// proxy disconnected.
+#[tokio::test]
+#[should_panic(expected = "while no PUBLISH was expected")]
+async fn expect_no_publish_fails_when_the_proxy_drops_the_connection() {
+    let proxy = TestProxy::start().await;
+    let mut first = Client::connect(&proxy, "twice").await;
+    subscribe(&mut first, "quiet/#", QoS::AtLeastOnce).await;
+    // The same client id again: the first connection is taken over (DISCONNECT 0x8E).
+    let _second = Client::connect(&proxy, "twice").await;
+    first.expect_no_publish(Duration::from_secs(5)).await;
+}

@@ -163,6 +163,25 @@ struct FollowedConsumer {
     /// Where the next record of each assigned partition is to be read.
     next: BTreeMap<i32, Offset>,
     health: ClientHealth,
+    /// Counts this reader in a gauge while it exists (the fan-out's
+    /// `mqtt_kafka_fanout_consumers`), so the gauge says what runs, not what started.
+    live: Option<LiveGauge>,
+}
+
+/// +1 on a gauge while alive.
+struct LiveGauge(prometheus::IntGauge);
+
+impl LiveGauge {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for LiveGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl FollowedConsumer {
@@ -197,6 +216,7 @@ impl FollowedConsumer {
             consumer: Arc::new(consumer),
             next,
             health: ClientHealth::new(Instant::now()),
+            live: None,
         };
         reader.assign(&reader.consumer).map_err(|source| ReaderError::Kafka {
             topic: topic.to_owned(),
@@ -334,6 +354,7 @@ pub async fn start_fanout(
     let name = format!("fan-out {topic}");
     let (mut reader, ends) =
         FollowedConsumer::start(name, bootstrap, properties, &group, topic, Offset::Offset).await?;
+    reader.live = Some(LiveGauge::new(&supervision.metrics.fanout_consumers));
     sink.fanout_started(topic, &ends);
     let skips = Skips::new(topic, &supervision.metrics);
     let topic = topic.to_owned();

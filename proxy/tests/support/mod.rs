@@ -254,7 +254,9 @@ impl Client {
         }
     }
 
-    /// Asserts that no PUBLISH arrives for `quiet`.
+    /// Asserts that no PUBLISH arrives for `quiet` while the connection stays up: a
+    /// connection that ends meanwhile fails too (a proxy that drops the client delivers
+    /// nothing either, which is not what a caller means to check).
     pub async fn expect_no_publish(&mut self, quiet: Duration) {
         let deadline = tokio::time::Instant::now() + quiet;
         loop {
@@ -263,8 +265,12 @@ impl Client {
                 Ok(Some(Ok(Packet::Publish(p)))) => {
                     panic!("unexpected PUBLISH on {:?}", String::from_utf8_lossy(&p.topic))
                 }
+                Ok(Some(Ok(Packet::Disconnect(d)))) => {
+                    panic!("the proxy disconnected the client while no PUBLISH was expected: {d:?}")
+                }
                 Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_)) | None) => return,
+                Ok(Some(Err(e))) => panic!("the connection ended while no PUBLISH was expected: {e}"),
+                Ok(None) => panic!("the client stopped while no PUBLISH was expected"),
             }
         }
     }
