@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help env-up env-down env-clean run run-cluster test lint crds bench bench-sessions images node-smoke e2e fuzz
+.PHONY: help env-up env-down env-clean run run-cluster test test-browser lint crds bench bench-sessions images node-smoke e2e fuzz
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ run-cluster: env-up ## N proxies (N=3) as one broker on 127.0.0.1:1883.. with re
 
 test: ## start the environment, then fmt, clippy, every test; fails on any skipped test
 	@bash e2e/test.sh
+
+test-browser: env-up ## MQTT.js in headless Chromium through the proxy over ws and wss (screenshots in target/browser/)
+	@bash e2e/browser/run.sh
 
 lint: ## cargo fmt --check and clippy only
 	cargo fmt --all -- --check

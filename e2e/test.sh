@@ -2,7 +2,8 @@
 # `make test`: the environment, the linters, then every test in the workspace against the
 # live Kafka and apiserver. Fails if anything fails, if a test was skipped (ignored), if
 # the committed CRD is not what crdgen prints, if the Helm chart or deploy/ fails its checks
-# (e2e/chart/check.sh), or if the Tiltfile does (e2e/tilt/check.sh); then `make e2e`
+# (e2e/chart/check.sh), if the Tiltfile does (e2e/tilt/check.sh), or if MQTT.js in headless
+# Chromium cannot talk through the proxy over ws and wss (e2e/browser/run.sh); then `make e2e`
 # (e2e/kube/e2e.sh) on the local node: helm install, apply, MQTT, scale and roll under
 # traffic, delete. E2E=0 leaves the node and the e2e run out (and says so).
 # State (the environment, logs) lives in $MQTT_KAFKA_STATE, default ./.local.
@@ -65,6 +66,16 @@ python3 -m pytest -q -p no:cacheprovider e2e/mqtt 2>&1 | tee "$pyout"
 pyrc=${PIPESTATUS[0]}
 set -e
 
+log "browser: MQTT.js in headless Chromium over ws and wss (e2e/browser, screenshots in target/browser/)"
+brout="$STATE/browser.log"
+set +e
+PROXY_BIN="${CARGO_TARGET_DIR:-target}/debug/mqtt-kafka-proxy" bash e2e/browser/run.sh 2>&1 | tee "$brout"
+brrc=${PIPESTATUS[0]}
+set -e
+brpassed=$(tail -n 1 "$brout" | grep -oE '[0-9]+ passed' | awk '{print $1+0}' || true)
+brfailed=$(tail -n 1 "$brout" | grep -oE '[0-9]+ failed' | awk '{print $1+0}' || true)
+if ((brrc != 0 && ${brfailed:-0} == 0)); then brfailed=1; fi
+
 e2erc=0
 if [[ "$E2E" == 1 ]]; then
   log "make e2e: the operator chart and a 3-pod MqttKafkaProxy on the local node (e2e/kube/e2e.sh)"
@@ -87,10 +98,11 @@ e2epassed=0 e2efailed=0 e2enote="not run (E2E=0)"
 if [[ "$E2E" == 1 ]]; then
   if ((e2erc == 0)); then e2epassed=1; e2enote=passed; else e2efailed=1; e2enote=failed; fi
 fi
-log "summary after ${SECONDS}s: cargo ${passed}/${failed}/${ignored}, pytest ${pypassed:-0}/${pyfailed:-0}/${pyskipped:-0} (passed/failed/skipped), e2e ${e2enote}"
-echo "$((passed + ${pypassed:-0} + e2epassed)) passed, $((failed + ${pyfailed:-0} + e2efailed)) failed, $((ignored + ${pyskipped:-0})) skipped"
+log "summary after ${SECONDS}s: cargo ${passed}/${failed}/${ignored}, pytest ${pypassed:-0}/${pyfailed:-0}/${pyskipped:-0}, browser ${brpassed:-0}/${brfailed:-0}/0 (passed/failed/skipped), e2e ${e2enote}"
+echo "$((passed + ${pypassed:-0} + ${brpassed:-0} + e2epassed)) passed, $((failed + ${pyfailed:-0} + ${brfailed:-0} + e2efailed)) failed, $((ignored + ${pyskipped:-0})) skipped"
 if ((rc != 0)); then echo "cargo test failed (exit $rc)" >&2; exit "$rc"; fi
 if ((pyrc != 0)); then echo "pytest failed (exit $pyrc)" >&2; exit "$pyrc"; fi
+if ((brrc != 0)); then echo "browser tests failed (exit $brrc; $brout)" >&2; exit "$brrc"; fi
 if ((e2erc != 0)); then echo "make e2e failed (exit $e2erc); see $STATE/e2e/" >&2; exit "$e2erc"; fi
 if ((ignored + ${pyskipped:-0} != 0)); then
   echo "tests were skipped; every test must run against the live environment" >&2

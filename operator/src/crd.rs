@@ -442,14 +442,36 @@ pub struct ListenerSpec {
 /// Transport of a listener: the proxy's own type, so the two cannot drift apart.
 pub use mqtt_kafka_proxy::config::ListenerProtocol;
 
-/// Certificate of a TLS listener.
-#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+/// Certificate of a TLS listener, and optionally the CA its clients' certificates must
+/// chain to. The proxy reads the mounted files again when the Secrets change: a rotated
+/// certificate reaches new connections without rolling the pods.
+#[derive(Clone, Debug, KubeSchema, Deserialize, Serialize, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.clientAuth) || has(self.clientCaSecret)")
+    .message("clientAuth needs clientCaSecret, the CA bundle client certificates must chain to")
+    .field_path(".clientAuth"))]
+#[x_kube(validation = Rule::new("!has(self.clientIdentity) || has(self.clientCaSecret)")
+    .message("clientIdentity needs clientCaSecret, the CA bundle client certificates must chain to")
+    .field_path(".clientIdentity"))]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerTlsSpec {
     /// A `kubernetes.io/tls` Secret (`tls.crt`: PEM chain, leaf first; `tls.key`).
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
+    /// PEM CA bundle that client certificates must chain to (e.g. key `ca.crt` of a
+    /// cert-manager Secret); setting it asks clients for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret: Option<SecretKeyRef>,
+    /// `required` (default with `clientCaSecret`) or `optional`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// `subject-cn`: a verified client certificate's subject CN is the client's identity and
+    /// its subject O values its roles, for routes guarded by `tls` (without a JWT guard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<ClientIdentity>,
 }
+
+/// Client-certificate settings: the proxy's own types, so the two cannot drift apart.
+pub use mqtt_kafka_proxy::config::{ClientAuth, ClientIdentity};
 
 /// Session ownership and redirects.
 #[derive(Clone, Debug, Default, KubeSchema, Deserialize, Serialize, PartialEq)]

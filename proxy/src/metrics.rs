@@ -1,6 +1,6 @@
 //! Prometheus metrics of one proxy process, served by `admin` at `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -55,6 +55,12 @@ pub struct Metrics {
     /// Times this process took over a partition of a share and read it again from the
     /// share's stored cursor.
     pub share_resumes: IntCounter,
+    /// Times a TLS listener's files changed, by listener and result (`success`: the next
+    /// connections get the new certificate; `failure`: unusable, the last good one stays).
+    pub tls_reloads: IntCounterVec,
+    /// When the certificate a TLS listener serves expires (seconds since the epoch), by
+    /// listener.
+    pub tls_certificate_expiry: IntGaugeVec,
 }
 
 // Names and help texts are constants, so construction can only fail on a programming
@@ -137,8 +143,26 @@ impl Metrics {
                 "share_resumes_total",
                 "share partitions taken over and read again from the stored cursor",
             ),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_reloads_total",
+                    "TLS listener files that changed, by listener and result (failure: the last good certificate stays)",
+                ),
+                &["listener", "result"],
+            )
+            .expect("valid metric definition"),
+            tls_certificate_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "tls_certificate_expiry_timestamp_seconds",
+                    "when the certificate a TLS listener serves expires, by listener",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric definition"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
+            Box::new(metrics.tls_reloads.clone()),
+            Box::new(metrics.tls_certificate_expiry.clone()),
             Box::new(metrics.auth_refusals.clone()),
             Box::new(metrics.share_dispatchers.clone()),
             Box::new(metrics.share_handed_back.clone()),

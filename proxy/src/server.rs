@@ -20,7 +20,7 @@ use crate::kafka::health::Policy;
 use crate::kafka::producer::{PublishError, Publisher};
 use crate::kafka::replay::Replayer;
 use crate::kafka::sessions::SessionStore;
-use crate::listener::{self, Shared, tls::TlsError};
+use crate::listener::{self, Shared, certs::TlsError};
 use crate::metrics::Metrics;
 use crate::mqtt::connect::Limits;
 use crate::mqtt::session as mqtt_session;
@@ -145,11 +145,11 @@ impl Drop for Server {
 /// What a listener does with an accepted connection before MQTT starts.
 enum Transport {
     Tcp,
-    Tls(tokio_rustls::TlsAcceptor),
+    Tls(listener::tls::ListenerTls),
     /// `tls` makes it wss://.
     Websocket {
         path: Arc<str>,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<listener::tls::ListenerTls>,
     },
 }
 
@@ -169,19 +169,25 @@ fn transports(config: &Config) -> Result<Vec<Transport>, ServerError> {
                         .tls
                         .as_ref()
                         .ok_or_else(|| ServerError::MissingTls { name: l.name.clone() })?;
-                    Transport::Tls(listener::tls::load(tls).map_err(|source| ServerError::Tls {
-                        name: l.name.clone(),
-                        source: Box::new(source),
-                    })?)
+                    Transport::Tls(
+                        listener::tls::ListenerTls::load(tls).map_err(|source| ServerError::Tls {
+                            name: l.name.clone(),
+                            source: Box::new(source),
+                        })?,
+                    )
                 }
                 ListenerProtocol::Websocket => Transport::Websocket {
                     path: Arc::from(l.websocket_path()),
                     tls: match &l.tls {
                         None => None,
-                        Some(tls) => Some(listener::tls::load(tls).map_err(|source| ServerError::Tls {
-                            name: l.name.clone(),
-                            source: Box::new(source),
-                        })?),
+                        Some(tls) => {
+                            Some(
+                                listener::tls::ListenerTls::load(tls).map_err(|source| ServerError::Tls {
+                                    name: l.name.clone(),
+                                    source: Box::new(source),
+                                })?,
+                            )
+                        }
                     },
                 },
             })
@@ -477,7 +483,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         };
         let accept = match transport {
             Transport::Tcp => tokio::spawn(listener::tcp::accept_loop(tcp, shared)),
-            Transport::Tls(acceptor) => tokio::spawn(listener::tls::accept_loop(tcp, acceptor, shared)),
+            Transport::Tls(tls) => tokio::spawn(listener::tls::accept_loop(tcp, tls, shared)),
             Transport::Websocket { path, tls } => {
                 tokio::spawn(listener::websocket::accept_loop(tcp, path, tls, shared))
             }

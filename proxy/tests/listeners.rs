@@ -45,10 +45,7 @@ impl CertFiles {
         std::fs::write(&cert_file, generated.cert.pem()).expect("write cert");
         std::fs::write(&key_file, generated.signing_key.serialize_pem()).expect("write key");
         Self {
-            tls: Tls {
-                cert_file: path_string(&cert_file),
-                key_file: path_string(&key_file),
-            },
+            tls: Tls::new(path_string(&cert_file), path_string(&key_file)),
             cert_der: generated.cert.der().clone(),
             dir,
         }
@@ -486,20 +483,14 @@ async fn unusable_tls_files_fail_start_up_naming_the_file() {
     let missing = certs.dir.join("missing.key");
     let cases = [
         (
-            Tls {
-                cert_file: path_string(&garbage),
-                key_file: certs.tls.key_file.clone(),
-            },
+            Tls::new(path_string(&garbage), certs.tls.key_file.clone()),
             format!(
                 "TLS certificate file {} holds no PEM certificate",
                 path_string(&garbage)
             ),
         ),
         (
-            Tls {
-                cert_file: certs.tls.cert_file.clone(),
-                key_file: path_string(&missing),
-            },
+            Tls::new(certs.tls.cert_file.clone(), path_string(&missing)),
             format!("cannot read TLS private key file {}", path_string(&missing)),
         ),
     ];

@@ -20,6 +20,15 @@ pub const CONFIG_KEY: &str = "config.yaml";
 pub const CONFIG_DIR: &str = "/etc/mqtt-kafka/config";
 /// Where the Secret of TLS listener `name` is mounted: `{TLS_DIR}/{name}/tls.crt|tls.key`.
 pub const TLS_DIR: &str = "/etc/mqtt-kafka/tls";
+/// Where the client CA of TLS listener `name` is mounted: `{CLIENT_CA_DIR}/{name}/ca.crt`.
+pub const CLIENT_CA_DIR: &str = "/etc/mqtt-kafka/client-ca";
+/// File name of a listener's client CA bundle in its mount.
+pub const CLIENT_CA_FILE: &str = "ca.crt";
+
+/// The client CA bundle of TLS listener `name` in the pods.
+pub fn client_ca_path(name: &str) -> String {
+    format!("{CLIENT_CA_DIR}/{name}/{CLIENT_CA_FILE}")
+}
 /// Where the JWKS Secret key is mounted.
 pub const JWKS_DIR: &str = "/etc/mqtt-kafka/jwks";
 /// File name of the mounted JWKS.
@@ -164,9 +173,17 @@ pub fn proxy_config(proxy: &MqttKafkaProxy) -> Config {
             protocol: l.protocol,
             address: format!("0.0.0.0:{}", l.port),
             path: l.path.clone(),
-            tls: l.tls.as_ref().map(|_| Tls {
-                cert_file: format!("{TLS_DIR}/{}/tls.crt", l.name),
-                key_file: format!("{TLS_DIR}/{}/tls.key", l.name),
+            tls: l.tls.as_ref().map(|spec| {
+                let mut tls = Tls::new(
+                    format!("{TLS_DIR}/{}/tls.crt", l.name),
+                    format!("{TLS_DIR}/{}/tls.key", l.name),
+                );
+                if spec.client_ca_secret.is_some() {
+                    tls.client_ca_file = Some(client_ca_path(&l.name));
+                    tls.client_auth = spec.client_auth;
+                    tls.client_identity = spec.client_identity;
+                }
+                tls
             }),
             server_reference: Some(reference),
         })
@@ -301,7 +318,7 @@ mod tests {
     use super::*;
     use crate::resources::tests::{minimal, proxy};
     use crate::resources::{is_owned_by, owner_reference};
-    use mqtt_kafka_proxy::config::{ListenerProtocol, MqttVersion, Qos};
+    use mqtt_kafka_proxy::config::{ClientAuth, ClientIdentity, ListenerProtocol, MqttVersion, Qos};
     use serde_json::json;
 
     #[test]
@@ -421,6 +438,36 @@ mod tests {
         assert_eq!(
             config.server_reference("mqtt-1").as_deref(),
             Some("mqtt-1.example.com:1883")
+        );
+    }
+
+    #[test]
+    fn a_client_ca_asks_for_client_certificates_and_may_identify_clients() {
+        let proxy = proxy(json!({
+            "kafka": {"bootstrapServers": "k:9092"},
+            "listeners": [
+                {"name": "mqtts", "protocol": "tls", "port": 8883, "tls": {
+                    "secretName": "cert",
+                    "clientCaSecret": {"name": "cert", "key": "ca.crt"},
+                    "clientAuth": "optional",
+                    "clientIdentity": "subject-cn"
+                }},
+                {"name": "wss", "protocol": "websocket", "port": 8443, "tls": {"secretName": "cert"}}
+            ],
+            "routes": [{"when": [{"publish": [{"topic": "devices/{identity}/#"}]}], "guarded": {"tls": []}}]
+        }));
+        let config = render(&proxy).expect("valid: the tls guard exists").config;
+        let mqtts = config.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(
+            mqtts.client_ca_file.as_deref(),
+            Some("/etc/mqtt-kafka/client-ca/mqtts/ca.crt")
+        );
+        assert_eq!(mqtts.effective_client_auth(), Some(ClientAuth::Optional));
+        assert_eq!(mqtts.client_identity, Some(ClientIdentity::SubjectCn));
+        let wss = config.listeners[1].tls.as_ref().expect("tls");
+        assert_eq!(
+            (wss.client_ca_file.as_deref(), wss.effective_client_auth()),
+            (None, None)
         );
     }
 

@@ -19,7 +19,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::configmap::{CONFIG_DIR, CONFIG_KEY, JWKS_DIR, JWKS_FILE, TLS_DIR, config_path, secret_properties};
+use super::configmap::{
+    CLIENT_CA_DIR, CLIENT_CA_FILE, CONFIG_DIR, CONFIG_KEY, JWKS_DIR, JWKS_FILE, TLS_DIR, config_path, secret_properties,
+};
 use super::services::ADMIN_PORT_NAME;
 use super::{ANNOTATION_CONFIG_HASH, labels, metadata, names, selector_labels};
 use crate::crd::{ADMIN_PORT, MqttKafkaProxy};
@@ -160,6 +162,30 @@ fn volumes_and_mounts(proxy: &MqttKafkaProxy) -> (Vec<Volume>, Vec<VolumeMount>)
                 read_only: Some(true),
                 ..VolumeMount::default()
             });
+            // Mounted whole as well (no subPath): a rotated CA bundle reaches the proxy.
+            if let Some(ca) = &tls.client_ca_secret {
+                let volume = format!("client-ca-{}", listener.name);
+                volumes.push(Volume {
+                    name: volume.clone(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(ca.name.clone()),
+                        items: Some(vec![KeyToPath {
+                            key: ca.key.clone(),
+                            path: CLIENT_CA_FILE.into(),
+                            ..KeyToPath::default()
+                        }]),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+                mounts.push(VolumeMount {
+                    name: volume,
+                    mount_path: format!("{CLIENT_CA_DIR}/{}", listener.name),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+            }
         }
     }
     let jwt = proxy.spec.authorization.as_ref().and_then(|a| a.jwt.as_ref());
@@ -527,7 +553,7 @@ mod tests {
                 "tls": {"caSecret": {"name": "kafka-ca", "key": "ca.crt"}},
                 "sasl": {"mechanism": "PLAIN", "username": "u", "passwordSecret": {"name": "kafka-user", "key": "password"}}
             },
-            "listeners": [{"name": "mqtt", "port": 1883}, {"name": "mqtts", "protocol": "tls", "port": 8883, "tls": {"secretName": "mqtt-cert"}}],
+            "listeners": [{"name": "mqtt", "port": 1883}, {"name": "mqtts", "protocol": "tls", "port": 8883, "tls": {"secretName": "mqtt-cert", "clientCaSecret": {"name": "device-ca", "key": "bundle.pem"}}}],
             "authorization": {"jwt": {"jwksSecret": {"name": "jwks", "key": "keys.json"}}},
             "pod": {
                 "annotations": {"prometheus.io/scrape": "true"},
@@ -579,6 +605,7 @@ mod tests {
                 "/etc/mqtt-kafka/config",
                 "/tmp",
                 "/etc/mqtt-kafka/tls/mqtts",
+                "/etc/mqtt-kafka/client-ca/mqtts",
                 "/etc/mqtt-kafka/jwks"
             ]
         );
@@ -593,6 +620,21 @@ mod tests {
             tls_volume.secret.as_ref().and_then(|s| s.secret_name.as_deref()),
             Some("mqtt-cert")
         );
+        let ca_volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "client-ca-mqtts")
+            .and_then(|v| v.secret.as_ref())
+            .expect("client CA volume");
+        assert_eq!(ca_volume.secret_name.as_deref(), Some("device-ca"));
+        let items: Vec<(&str, &str)> = ca_volume
+            .items
+            .iter()
+            .flatten()
+            .map(|i| (i.key.as_str(), i.path.as_str()))
+            .collect();
+        assert_eq!(items, [("bundle.pem", "ca.crt")]);
         assert_eq!(pod.termination_grace_period_seconds, Some(120));
         assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
         assert_eq!(pod.node_selector.as_ref().expect("node selector")["pool"], "mqtt");

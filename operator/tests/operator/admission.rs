@@ -84,6 +84,16 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
             &["spec.listeners[0].tls", "only allowed on a listener with protocol tls"],
         ),
         (
+            "client-identity-without-client-ca",
+            with(
+                base.clone(),
+                "listeners",
+                json!([{"name": "mqtts", "protocol": "tls", "port": 8883,
+                        "tls": {"secretName": "s", "clientIdentity": "subject-cn"}}]),
+            ),
+            &["spec.listeners[0].tls.clientIdentity", "needs clientCaSecret"],
+        ),
+        (
             "duplicate-listener",
             with(
                 base.clone(),
@@ -171,7 +181,10 @@ async fn invalid_resources_are_rejected_at_admission_naming_the_field() {
                 "authorization",
                 json!({"jwt": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "a"}], "jwksSecret": {"name": "s", "key": "k"}}}),
             ),
-            &["spec.authorization.jwt", "exactly one of keys and jwksSecret"],
+            &[
+                "spec.authorization.jwt",
+                "set at most one of keys, jwksSecret, jwksConfigMap and jwksUrl",
+            ],
         ),
     ];
     let mut failures = Vec::new();

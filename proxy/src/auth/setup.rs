@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Security;
+use super::certificate::TLS;
 use super::guard::{JWT, JwtGuard, TokenIn};
 use super::jwt::{KeySet, KeySetError, Rules};
 use super::keys::{KeySource, KeyStore};
@@ -101,6 +102,9 @@ fn grants(config: &Config) -> Vec<Grant> {
             }
         }
     }
-    debug_assert!(grants.iter().all(|g| g.guard == JWT), "only the jwt guard exists");
+    debug_assert!(
+        grants.iter().all(|g| g.guard == JWT || g.guard == TLS),
+        "only the jwt and tls guards exist"
+    );
     grants
 }

@@ -55,6 +55,18 @@ pub struct Guards {
     pub jwt: Option<JwtGuard>,
 }
 
+impl super::Config {
+    /// Whether a listener makes client certificates principals (`tls.clientIdentity`):
+    /// then routes may be guarded by the `tls` guard.
+    pub fn identifies_clients_by_certificate(&self) -> bool {
+        self.listeners.iter().any(|l| {
+            l.tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some() && t.client_identity.is_some())
+        })
+    }
+}
+
 impl Guards {
     /// Whether no guard is configured.
     pub fn is_empty(&self) -> bool {

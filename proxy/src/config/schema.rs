@@ -99,7 +99,10 @@ pub enum ListenerProtocol {
     Websocket,
 }
 
-/// TLS material of a `tls` listener, as PEM files.
+/// TLS material of a `tls` listener, as PEM files. The files are read again every
+/// `reloadSeconds` and a changed certificate, key or client CA is served to the next
+/// connections (a rotated Kubernetes Secret); files that cannot be used keep the last good
+/// ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Tls {
@@ -109,6 +112,67 @@ pub struct Tls {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     #[schemars(length(min = 1))]
     pub key_file: String,
+    /// PEM bundle of the CA certificates that client certificates must chain to. Setting
+    /// it asks clients for a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+    /// Whether a client certificate is `required` (default with `clientCaFile`) or
+    /// `optional` (a client without one is served, one with a bad one is not). Only with
+    /// `clientCaFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<ClientAuth>,
+    /// What a verified client certificate says about the client: `subject-cn` makes its
+    /// subject common name the client's identity (`{identity}` in guarded routes of the
+    /// `tls` guard) and its subject organizations (O) the client's roles. Applies when no
+    /// JWT guard is configured. Only with `clientCaFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_identity: Option<ClientIdentity>,
+    /// How often the files are checked for changes, in seconds (1..=3600).
+    #[serde(default = "default_tls_reload_seconds")]
+    pub reload_seconds: u32,
+}
+
+impl Tls {
+    /// A listener's certificate and key, with every other setting at its default.
+    pub fn new(cert_file: impl Into<String>, key_file: impl Into<String>) -> Self {
+        Tls {
+            cert_file: cert_file.into(),
+            key_file: key_file.into(),
+            client_ca_file: None,
+            client_auth: None,
+            client_identity: None,
+            reload_seconds: default_tls_reload_seconds(),
+        }
+    }
+
+    /// How clients are asked for certificates: `None` when not at all.
+    pub fn effective_client_auth(&self) -> Option<ClientAuth> {
+        self.client_ca_file
+            .as_ref()
+            .map(|_| self.client_auth.unwrap_or(ClientAuth::Required))
+    }
+}
+
+fn default_tls_reload_seconds() -> u32 {
+    5
+}
+
+/// Whether a TLS listener with a client CA requires a client certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A client without a certificate fails the handshake.
+    Required,
+    /// A client without a certificate is served (without a certificate identity).
+    Optional,
+}
+
+/// Which part of a verified client certificate identifies the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIdentity {
+    /// The subject's common name (CN) is the identity, its organizations (O) the roles.
+    SubjectCn,
 }
 
 /// The HTTP endpoint serving `/healthz`, `/readyz` and `/metrics`.

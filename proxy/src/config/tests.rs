@@ -76,6 +76,19 @@ fn empty_sections_take_defaults() {
 }
 
 #[test]
+fn client_certificates_make_the_tls_guard() {
+    let config = Config::from_yaml_str(&with(
+        "listeners:\n  - name: a\n    protocol: tls\n    address: \"0.0.0.0:1\"\n    tls: {certFile: c, keyFile: k, clientCaFile: ca, clientIdentity: subject-cn}\n\
+         routes: [{when: [{publish: [{topic: 'd/{identity}/#'}]}], guarded: {tls: [devices]}}]\n",
+    ))
+    .expect("config");
+    let tls = config.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.effective_client_auth(), Some(ClientAuth::Required));
+    assert_eq!(tls.client_identity, Some(ClientIdentity::SubjectCn));
+    assert!(config.identifies_clients_by_certificate());
+}
+
+#[test]
 fn example_file_parses() {
     let config = Config::from_yaml_str(EXAMPLE_YAML).unwrap_or_else(|e| panic!("example: {e}"));
     assert_eq!(config.listeners.len(), 3);
@@ -90,6 +103,8 @@ fn example_file_parses() {
         })
     );
     assert!(config.guards.jwt.is_none(), "the example's guard is commented out");
+    let tls = config.listeners[1].tls.as_ref().expect("tls");
+    assert_eq!((tls.reload_seconds, tls.effective_client_auth()), (5, None));
     assert!(config.cluster.redirect.enabled);
     assert_eq!(
         config.server_reference("proxy-2").as_deref(),
@@ -322,6 +337,21 @@ fails! {
     tls_on_tcp_listener: with(
         "listeners: [{name: a, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k}}]\n"
     ) => "listeners[0].tls", "only allowed when protocol is tls or websocket";
+    client_auth_without_client_ca: with(
+        "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, clientAuth: optional}}]\n"
+    ) => "listeners[0].tls.clientAuth", "only allowed with tls.clientCaFile";
+    client_identity_without_client_ca: with(
+        "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, clientIdentity: subject-cn}}]\n"
+    ) => "listeners[0].tls.clientIdentity", "only allowed with tls.clientCaFile";
+    tls_reload_seconds_zero: with(
+        "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, reloadSeconds: 0}}]\n"
+    ) => "listeners[0].tls.reloadSeconds", "must be 1..=3600, got 0";
+    unknown_client_identity: with(
+        "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: c, keyFile: k, clientCaFile: ca, clientIdentity: subject-dn}}]\n"
+    ) => "listeners[0].tls.clientIdentity", "subject-cn";
+    tls_guard_without_client_identity: with(
+        "routes: [{when: [{publish: [{topic: 'd/{identity}/#'}]}], guarded: {tls: []}}]\n"
+    ) => "routes[0].guarded.tls", "unknown guard \"tls\"";
     empty_tls_cert_file: with(
         "listeners: [{name: a, protocol: tls, address: \"0.0.0.0:1\", tls: {certFile: '', keyFile: k}}]\n"
     ) => "listeners[0].tls.certFile", "must not be empty";

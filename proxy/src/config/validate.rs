@@ -129,6 +129,23 @@ impl Config {
                     if tls.key_file.is_empty() {
                         v.err(at("tls.keyFile"), "must not be empty");
                     }
+                    if tls.client_ca_file.as_deref() == Some("") {
+                        v.err(at("tls.clientCaFile"), "must not be empty");
+                    }
+                    if tls.client_ca_file.is_none() {
+                        if tls.client_auth.is_some() {
+                            v.err(at("tls.clientAuth"), "only allowed with tls.clientCaFile");
+                        }
+                        if tls.client_identity.is_some() {
+                            v.err(at("tls.clientIdentity"), "only allowed with tls.clientCaFile");
+                        }
+                    }
+                    if !(1..=3600).contains(&tls.reload_seconds) {
+                        v.err(
+                            at("tls.reloadSeconds"),
+                            format!("must be 1..=3600, got {}", tls.reload_seconds),
+                        );
+                    }
                 }
                 (protocol, Some(_)) => v.err(
                     at("tls"),
@@ -293,7 +310,10 @@ impl Config {
                     );
                 }
             }
-            let guards = self.guards.names();
+            let mut guards = self.guards.names();
+            if self.identifies_clients_by_certificate() {
+                guards.push("tls");
+            }
             for (guard, roles) in &route.guarded {
                 let path = format!("routes[{r}].guarded{}", key_segment(guard));
                 if !guards.contains(&guard.as_str()) {

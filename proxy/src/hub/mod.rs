@@ -225,6 +225,11 @@ impl Hub {
         &self.metrics
     }
 
+    /// The metrics, for a task that outlives a borrow of the hub.
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
     /// The Kafka messages topics the fan-out readers must follow.
     pub fn messages_topics(&self) -> Vec<String> {
         self.routes

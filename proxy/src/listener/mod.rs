@@ -3,8 +3,10 @@
 //! A listener is a TCP accept loop plus what turns each accepted socket into an MQTT byte
 //! stream: nothing (`tcp`), a TLS handshake (`tls`) or an HTTP upgrade (`websocket`). That
 //! per-connection step runs in the connection's own task, so a slow or silent peer never
-//! holds up accepting the next one.
+//! holds up accepting the next one. TLS material (`certs`) is read again when its files
+//! change.
 
+pub mod certs;
 pub mod deadline;
 pub mod linger;
 pub mod tcp;

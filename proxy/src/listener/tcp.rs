@@ -12,7 +12,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Shared) {
     accept_each(listener, &shared.clone(), move |stream, peer, slot| {
         let shared = shared.clone();
         async move {
-            connection::serve(stream, shared, slot).await;
+            connection::serve(stream, shared, slot, None).await;
             tracing::trace!(%peer, "connection closed");
         }
     })

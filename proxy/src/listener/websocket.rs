@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
@@ -25,7 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::tls::ListenerTls;
 use super::{ConnectionSlot, Shared, accept_each};
+use crate::auth::policy::Principal;
 use crate::mqtt::connection;
 
 /// The WebSocket sub-protocol MQTT registers (MQTT 5.0 section 6).
@@ -130,14 +131,15 @@ where
 
 /// Accepts connections until the task is dropped; the upgrade and then MQTT run in one task
 /// per connection. With `tls` the upgrade runs inside TLS (wss://).
-pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<TlsAcceptor>, shared: Shared) {
+pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<ListenerTls>, shared: Shared) {
+    let _watch = tls.as_ref().map(|tls| tls.watch(&shared));
     accept_each(listener, &shared.clone(), move |stream, peer, slot| {
         let (path, tls, shared) = (Arc::clone(&path), tls.clone(), shared.clone());
         async move {
             match tls {
-                None => serve(stream, peer, &path, shared, slot).await,
-                Some(acceptor) => match super::tls::handshake(&acceptor, stream, &shared).await {
-                    Ok(stream) => serve(stream, peer, &path, shared, slot).await,
+                None => serve(stream, peer, &path, shared, slot, None).await,
+                Some(tls) => match tls.accept(stream, &shared).await {
+                    Ok((stream, certificate)) => serve(stream, peer, &path, shared, slot, certificate).await,
                     Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 },
             }
@@ -146,14 +148,21 @@ pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<TlsA
     .await;
 }
 
-/// Upgrades `stream` and serves MQTT over it (generic so that a TLS stream works too).
-pub async fn serve<S>(stream: S, peer: SocketAddr, path: &str, shared: Shared, slot: ConnectionSlot)
-where
+/// Upgrades `stream` and serves MQTT over it (generic so that a TLS stream works too);
+/// `certificate` is who the client's TLS certificate says it is.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    path: &str,
+    shared: Shared,
+    slot: ConnectionSlot,
+    certificate: Option<Principal>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     match upgrade(stream, path, &shared).await {
         Ok(io) => {
-            connection::serve(io, shared, slot).await;
+            connection::serve(io, shared, slot, certificate).await;
             tracing::trace!(%peer, "WebSocket connection closed");
         }
         // Includes refused upgrades (wrong path, no sub-protocol), which were answered.

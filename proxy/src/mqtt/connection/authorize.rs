@@ -11,20 +11,27 @@ use crate::auth::Security;
 use crate::auth::guard::{Admitted, Refused};
 use crate::auth::policy::Principal;
 
-/// Who the client of `connect` is, or the reason to refuse it: its credentials (when a
-/// guard is configured) and its will topic are checked.
-pub(super) fn admit(security: &Security, connect: &Connect, hub: &Hub) -> Result<Option<Admitted>, ConnectAckReason> {
+/// Who the client of `connect` is, and when its token expires (seconds since the epoch),
+/// or the reason to refuse it: its credentials (when a guard is configured) and its will
+/// topic are checked. Without a JWT guard, `certificate` (who the client's verified TLS
+/// certificate says it is) is the client's principal.
+pub(super) fn admit(
+    security: &Security,
+    connect: &Connect,
+    hub: &Hub,
+    certificate: Option<Principal>,
+) -> Result<(Principal, Option<i64>), ConnectAckReason> {
     let refused = |reason: ConnectAckReason| {
         hub.metrics().auth_refusals.with_label_values(&["connect"]).inc();
         reason
     };
-    let admitted = match &security.guard {
-        None => None,
+    let (principal, expires_at) = match &security.guard {
+        None => (certificate.unwrap_or_default(), None),
         Some(guard) => {
             let username = connect.username.as_deref();
             let password = connect.password.as_deref();
             match guard.admit(username, password, now_ms() / 1000) {
-                Ok(admitted) => Some(admitted),
+                Ok(Admitted { principal, expires_at }) => (principal, Some(expires_at)),
                 Err(refusal) => {
                     tracing::info!(client_id = %connect.client_id, %refusal, "CONNECT refused by the jwt guard");
                     return Err(refused(match refusal {
@@ -36,19 +43,22 @@ pub(super) fn admit(security: &Security, connect: &Connect, hub: &Hub) -> Result
             }
         }
     };
-    let principal = admitted.as_ref().map(|a| a.principal.clone()).unwrap_or_default();
     if let Some(will) = &connect.last_will
         && let Err(refusal) = security.policy.publish(&principal, &will.topic)
     {
         tracing::info!(client_id = %connect.client_id, topic = %will.topic, %refusal, "CONNECT refused: its will may not be published");
         return Err(refused(ConnectAckReason::NotAuthorized));
     }
-    Ok(admitted)
+    if principal.identity.is_some() {
+        tracing::debug!(client_id = %connect.client_id, guard = ?principal.guard, identity = ?principal.identity, "client identified");
+    }
+    Ok((principal, expires_at))
 }
 
-/// When the token of `admitted` expires, as an instant of the connection's clock.
-pub(super) fn token_deadline(admitted: Option<&Admitted>) -> Option<Instant> {
-    let expires_at = admitted?.expires_at;
+/// When a token that expires at `expires_at` (seconds since the epoch) does, as an instant
+/// of the connection's clock.
+pub(super) fn token_deadline(expires_at: Option<i64>) -> Option<Instant> {
+    let expires_at = expires_at?;
     let left_ms = expires_at.saturating_mul(1000).saturating_sub(now_ms()).max(0);
     Some(Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)))
 }

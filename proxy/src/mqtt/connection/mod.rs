@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
 
+use crate::auth::policy::Principal;
 use crate::broker::message::{MessageProperties, now_ms};
 use crate::broker::session::{ConnectRequest, Departure, SessionState, prune_outbound};
 use crate::cluster::ownership::{self, Placement};
@@ -56,8 +57,9 @@ const DELIVERY_BATCH: usize = 256;
 type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), AckError>)> + Send>>;
 
 /// Serves one accepted byte stream until it closes.
-/// `slot` is its place in the process's connection count, taken at accept.
-pub async fn serve<S>(stream: S, shared: Shared, slot: ConnectionSlot)
+/// `slot` is its place in the process's connection count, taken at accept; `certificate`
+/// is who the client's verified TLS certificate says it is (`tls.clientIdentity`).
+pub async fn serve<S>(stream: S, shared: Shared, slot: ConnectionSlot, certificate: Option<Principal>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -65,15 +67,19 @@ where
     // connection instead of holding this task forever.
     let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
     let mut transport = Framed::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
-    converse(&mut transport, shared, &slot).await;
+    converse(&mut transport, shared, &slot, certificate).await;
     // However it ended, the client can read what was sent last (DISCONNECT, a refusing
     // CONNACK) before the socket closes, also while it is still writing.
     linger::close(transport.get_mut()).await;
 }
 
 /// The MQTT conversation: CONNECT, the connection's life, its end.
-async fn converse<S>(transport: &mut Transport<WriteDeadline<S>>, shared: Shared, slot: &ConnectionSlot)
-where
+async fn converse<S>(
+    transport: &mut Transport<WriteDeadline<S>>,
+    shared: Shared,
+    slot: &ConnectionSlot,
+    certificate: Option<Principal>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let Shared {
@@ -122,12 +128,11 @@ where
         Ok(accepted) => accepted,
         Err(reason) => return refuse(transport, reason).await,
     };
-    let admitted = match authorize::admit(&security, &connect, &hub) {
+    let (principal, token_expires_at) = match authorize::admit(&security, &connect, &hub, certificate) {
         Ok(admitted) => admitted,
         Err(reason) => return refuse(transport, reason).await,
     };
-    let token_deadline = authorize::token_deadline(admitted.as_ref());
-    let principal = admitted.map(|a| a.principal).unwrap_or_default();
+    let token_deadline = authorize::token_deadline(token_expires_at);
     if let Some(max) = connect.max_packet_size {
         transport.codec_mut().set_max_outbound(max.get());
     }
@@ -386,7 +391,7 @@ struct Connection {
     limits: Arc<Limits>,
     security: Arc<crate::auth::Security>,
     /// Who the guard says the client is.
-    principal: crate::auth::policy::Principal,
+    principal: Principal,
     /// When its token expires: the connection ends then (5.0: DISCONNECT 0xA0).
     token_deadline: Option<Instant>,
     inflight: Inflight<Outgoing>,
