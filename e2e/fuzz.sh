@@ -16,7 +16,7 @@ for target in $TARGETS; do
   log="$corpus_root/$target.log"
   echo "[fuzz] $target: $RUNS inputs (corpus $corpus_root/$target, log $log)"
   start=$SECONDS
-  (cd fuzz && cargo +nightly fuzz run "$target" "../$corpus_root/$target" -- \
+  (cd fuzz && cargo +nightly fuzz run -O "$target" "../$corpus_root/$target" -- \
       -runs="$RUNS" -max_len=4096 -rss_limit_mb=2048 -print_final_stats=1) > "$log" 2>&1 || {
     tail -40 "$log" >&2; echo "[fuzz] $target FAILED (crash input under fuzz/artifacts/$target)" >&2; exit 1; }
   execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo "?")
