@@ -36,6 +36,8 @@ pub struct Metrics {
     pub lagging: IntCounter,
     /// Records read by catch-ups (lagging subscribers, resumed sessions).
     pub replayed: IntCounter,
+    /// Fan-out records no subscription here matched: passed over without being decoded.
+    pub fanout_unmatched: IntCounter,
     /// Will messages published.
     pub wills: IntCounter,
     /// Sessions deleted because they expired.
@@ -118,6 +120,10 @@ impl Metrics {
                 "times a subscriber fell behind and caught up from Kafka",
             ),
             replayed: counter("replayed_records_total", "records read by catch-ups from Kafka"),
+            fanout_unmatched: counter(
+                "fanout_unmatched_records_total",
+                "fan-out records no subscription here matched, passed over undecoded",
+            ),
             wills: counter("wills_published_total", "will messages published"),
             sessions_expired: counter("sessions_expired_total", "sessions deleted because they expired"),
             redirects: counter_vec(
@@ -160,7 +166,7 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 24] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
             Box::new(metrics.tls_reloads.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),
             Box::new(metrics.auth_refusals.clone()),
@@ -174,6 +180,7 @@ impl Metrics {
             Box::new(metrics.sessions_expired.clone()),
             Box::new(metrics.lagging.clone()),
             Box::new(metrics.replayed.clone()),
+            Box::new(metrics.fanout_unmatched.clone()),
             Box::new(metrics.kafka_client_replacements.clone()),
             Box::new(metrics.fanout_consumers.clone()),
             Box::new(metrics.connections.clone()),

@@ -644,12 +644,27 @@ impl Hub {
 }
 
 impl RecordSink for Hub {
-    fn deliver(&self, kafka_topic: &str, partition: i32, offset: i64, message: Message) {
+    fn deliver(
+        &self,
+        kafka_topic: &str,
+        partition: i32,
+        offset: i64,
+        topic: &str,
+        decode: &mut dyn FnMut() -> Option<Message>,
+    ) {
         let (Some(index), Some(fanout)) = (self.indexes.get(kafka_topic), self.fanout.get(kafka_topic)) else {
             return;
         };
         // Held until the position moves past this record (see `rejoin` and `positions`).
         let index = read(index);
+        // Most records of a busy topic are for devices nobody here listens to: asking the
+        // index first spares decoding them (issue 9).
+        let decoded = if index.has_match(topic) { decode() } else { None };
+        let Some(message) = decoded else {
+            self.metrics.fanout_unmatched.inc();
+            locked(fanout).insert(partition, offset + 1);
+            return;
+        };
         let partitions = i32::try_from(locked(fanout).len()).unwrap_or(i32::MAX);
         let share_route = |share: &str| self.share_route(share, partition, partitions, message.qos);
         let live = read(&self.live);

@@ -3,11 +3,16 @@
 //! reading hold thousands of large messages (16 384 messages of 4 KiB are 64 MiB); with a
 //! byte budget, what a lagging connection holds does not depend on message size, and the
 //! rest of its lag stays in Kafka where its catch-up reads it.
+//!
+//! An empty queue holds no memory of its own (tokio's mpsc channel allocated a block of 32
+//! slots per connection up front, a few KiB for every idle device): the deliveries sit in
+//! a `VecDeque` that is given back whenever the connection has taken them all.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::Outgoing;
 use crate::broker::message::Message;
@@ -19,27 +24,53 @@ fn weight(message: &Message) -> usize {
     message.payload.len() + message.topic.len() + OVERHEAD
 }
 
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outgoing>,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken on every delivery and when the sender goes.
+    ready: Notify,
+    /// Bytes of the deliveries queued (see [`weight`]).
+    bytes: AtomicUsize,
+    capacity: usize,
+    budget: usize,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A delivery queue: its sending half stays with the hub, its receiving half goes to the
 /// connection.
 pub fn channel(capacity: usize, byte_budget: usize) -> (QueueSender, QueueReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let bytes = Arc::new(AtomicUsize::new(0));
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        ready: Notify::new(),
+        bytes: AtomicUsize::new(0),
+        capacity: capacity.max(1),
+        budget: byte_budget.max(1),
+    });
     (
         QueueSender {
-            tx,
-            bytes: Arc::clone(&bytes),
-            budget: byte_budget.max(1),
+            shared: Arc::clone(&shared),
         },
-        QueueReceiver { rx, bytes },
+        QueueReceiver { shared },
     )
 }
 
 /// The hub's end.
 #[derive(Debug)]
 pub struct QueueSender {
-    tx: mpsc::Sender<Outgoing>,
-    bytes: Arc<AtomicUsize>,
-    budget: usize,
+    shared: Arc<Shared>,
 }
 
 /// Why a delivery was not queued.
@@ -56,61 +87,91 @@ impl QueueSender {
     /// takes any one delivery, however large, so a message over the budget still flows.
     pub fn try_send(&self, outgoing: Outgoing) -> Result<(), NotQueued> {
         let weight = weight(&outgoing.message);
-        if !self.fits(weight) {
-            return Err(NotQueued::Full);
-        }
-        // Counted before it can be received, so the receiver never subtracts first.
-        self.bytes.fetch_add(weight, Ordering::AcqRel);
-        self.tx.try_send(outgoing).map_err(|error| {
-            self.bytes.fetch_sub(weight, Ordering::AcqRel);
-            match error {
-                mpsc::error::TrySendError::Full(_) => NotQueued::Full,
-                mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
+        {
+            let mut state = self.shared.state();
+            if state.receiver_gone {
+                return Err(NotQueued::Closed);
             }
-        })
+            if state.items.len() >= self.shared.capacity || !self.fits(weight) {
+                return Err(NotQueued::Full);
+            }
+            self.shared.bytes.fetch_add(weight, Ordering::AcqRel);
+            state.items.push_back(outgoing);
+        }
+        self.shared.ready.notify_one();
+        Ok(())
     }
-}
 
-impl QueueSender {
     /// Whether `message` would be queued now.
     pub fn has_room_for(&self, message: &Message) -> bool {
-        self.tx.capacity() > 0 && self.fits(weight(message))
+        self.shared.state().items.len() < self.shared.capacity && self.fits(weight(message))
     }
 
     fn fits(&self, weight: usize) -> bool {
-        let queued = self.bytes.load(Ordering::Acquire);
-        queued == 0 || queued + weight <= self.budget
+        let queued = self.shared.bytes.load(Ordering::Acquire);
+        queued == 0 || queued + weight <= self.shared.budget
+    }
+}
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        self.shared.state().sender_gone = true;
+        self.shared.ready.notify_one();
     }
 }
 
 /// The connection's end.
 #[derive(Debug)]
 pub struct QueueReceiver {
-    rx: mpsc::Receiver<Outgoing>,
-    bytes: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl QueueReceiver {
     /// The next delivery; `None` once the hub dropped its end and the queue is empty.
+    /// Cancel-safe: a delivery is taken only when this returns it.
     pub async fn recv(&mut self) -> Option<Outgoing> {
-        let outgoing = self.rx.recv().await?;
-        self.taken(&outgoing);
-        Some(outgoing)
+        loop {
+            {
+                let mut state = self.shared.state();
+                if let Some(outgoing) = self.take(&mut state) {
+                    return Some(outgoing);
+                }
+                if state.sender_gone {
+                    return None;
+                }
+            }
+            // A delivery queued after the check above left a permit: no wake-up is lost.
+            self.shared.ready.notified().await;
+        }
     }
 
     /// The next delivery if one is waiting.
     pub fn try_recv(&mut self) -> Option<Outgoing> {
-        let outgoing = self.rx.try_recv().ok()?;
-        self.taken(&outgoing);
-        Some(outgoing)
+        let mut state = self.shared.state();
+        self.take(&mut state)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.shared.state().items.is_empty()
     }
 
-    fn taken(&self, outgoing: &Outgoing) {
-        self.bytes.fetch_sub(weight(&outgoing.message), Ordering::AcqRel);
+    fn take(&self, state: &mut State) -> Option<Outgoing> {
+        let outgoing = state.items.pop_front()?;
+        if state.items.is_empty() && state.items.capacity() > 0 {
+            state.items = VecDeque::new();
+        }
+        self.shared.bytes.fetch_sub(weight(&outgoing.message), Ordering::AcqRel);
+        Some(outgoing)
+    }
+}
+
+impl Drop for QueueReceiver {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        state.receiver_gone = true;
+        // What it held goes with it, as a closed channel's contents did.
+        state.items = VecDeque::new();
+        self.shared.bytes.store(0, Ordering::Release);
     }
 }
 
@@ -183,6 +244,34 @@ mod tests {
         let (tx, rx) = channel(10, 100_000);
         drop(rx);
         assert_eq!(tx.try_send(outgoing(10)), Err(NotQueued::Closed));
-        assert_eq!(tx.bytes.load(Ordering::Acquire), 0);
+        assert_eq!(tx.shared.bytes.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn an_empty_queue_holds_no_memory() {
+        let (tx, mut rx) = channel(1000, 1 << 20);
+        assert_eq!(tx.shared.state().items.capacity(), 0);
+        for _ in 0..100 {
+            tx.try_send(outgoing(10)).expect("queued");
+        }
+        while rx.try_recv().is_some() {}
+        assert_eq!(tx.shared.state().items.capacity(), 0, "given back once empty");
+    }
+
+    #[tokio::test]
+    async fn the_receiver_ends_when_the_sender_goes_after_the_last_delivery() {
+        let (tx, mut rx) = channel(10, 1 << 20);
+        tx.try_send(outgoing(1)).expect("queued");
+        let waiting = tokio::spawn(async move {
+            let mut got = 0;
+            while rx.recv().await.is_some() {
+                got += 1;
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(outgoing(1)).expect("queued");
+        drop(tx);
+        assert_eq!(waiting.await.expect("task"), 2);
     }
 }

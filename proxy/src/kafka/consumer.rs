@@ -25,8 +25,18 @@ use crate::metrics::Metrics;
 pub trait RecordSink: Send + Sync + 'static {
     /// The fan-out of `kafka_topic` reads each partition from these offsets on.
     fn fanout_started(&self, kafka_topic: &str, ends: &[(i32, i64)]);
-    /// A record of messages topic `kafka_topic` at `partition` / `offset`, live.
-    fn deliver(&self, kafka_topic: &str, partition: i32, offset: i64, message: Message);
+    /// A record of messages topic `kafka_topic` at `partition` / `offset`, live, for MQTT
+    /// topic `topic` (its key). `decode` makes its message; it is called only if a
+    /// subscription here matches `topic`, so records nobody here wants cost no decoding.
+    /// `None` from it (an undecodable record, counted by the reader) delivers nothing.
+    fn deliver(
+        &self,
+        kafka_topic: &str,
+        partition: i32,
+        offset: i64,
+        topic: &str,
+        decode: &mut dyn FnMut() -> Option<Message>,
+    );
     /// A retained-topic record: `Some` sets the retained message of `topic`, `None` deletes it.
     fn retained(&self, topic: &str, message: Option<Message>);
 }
@@ -123,14 +133,14 @@ const SKIP_LINES_EVERY: Duration = Duration::from_secs(10);
 /// (`mqtt_kafka_records_skipped_total{reason}`) and logged with where they are, so that a
 /// person can find them with a console consumer; a flood of them writes a bounded number
 /// of lines.
-struct Skips {
+pub(crate) struct Skips {
     topic: String,
     metrics: Arc<Metrics>,
     lines: LogLimit,
 }
 
 impl Skips {
-    fn new(topic: &str, metrics: &Arc<Metrics>) -> Self {
+    pub(crate) fn new(topic: &str, metrics: &Arc<Metrics>) -> Self {
         Self {
             topic: topic.to_owned(),
             metrics: Arc::clone(metrics),
@@ -146,7 +156,7 @@ impl Skips {
         }
     }
 
-    fn record_error(&self, record: &BorrowedMessage<'_>, error: &RecordError) {
+    pub(crate) fn record_error(&self, record: &BorrowedMessage<'_>, error: &RecordError) {
         self.skip(record.partition(), record.offset(), error.reason(), error);
     }
 }
@@ -366,9 +376,19 @@ pub async fn start_fanout(
             tokio::select! {
                 received = consumer.recv() => match received {
                     Ok(record) => {
-                        match decode(&record) {
-                            Ok(message) => sink.deliver(&topic, record.partition(), record.offset(), message),
-                            Err(error) => skips.record_error(&record, &error),
+                        let mut decoded = || match decode(&record) {
+                            Ok(message) => Some(message),
+                            Err(error) => {
+                                skips.record_error(&record, &error);
+                                None
+                            }
+                        };
+                        // A key that is no UTF-8 text is no topic: decoding says why.
+                        match record.key().map(std::str::from_utf8) {
+                            Some(Ok(key)) => sink.deliver(&topic, record.partition(), record.offset(), key, &mut decoded),
+                            _ => {
+                                decoded();
+                            }
                         }
                         reader.seen(record.partition(), record.offset());
                     }

@@ -21,7 +21,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::broker::message::Message;
-use crate::kafka::consumer::decode;
+use crate::kafka::consumer::{Skips, decode};
 use crate::metrics::Metrics;
 
 /// One record of a catch-up.
@@ -232,6 +232,7 @@ impl Replayer {
         tracing::debug!(%topic, requests = count, ?start, ?end, "catch-up sweep");
         let mut positions: BTreeMap<i32, i64> = start.clone();
         let mut read: u64 = 0;
+        let skips = Skips::new(&topic, &self.metrics);
         while !requests.is_empty() {
             match tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await {
                 Ok(Ok(record)) => {
@@ -257,7 +258,11 @@ impl Replayer {
                                 if !r.covers(partition, offset) || !(r.wants)(key) {
                                     return true;
                                 }
-                                let m = message.get_or_insert_with(|| decode(&record).ok()).clone();
+                                let m = message
+                                    .get_or_insert_with(|| {
+                                        decode(&record).map_err(|e| skips.record_error(&record, &e)).ok()
+                                    })
+                                    .clone();
                                 let sent = r.tx.try_send(Replayed {
                                     partition,
                                     offset,
@@ -270,6 +275,9 @@ impl Replayer {
                                 requests.remove(&requester);
                             }
                         }
+                    } else if let Err(error) = decode(&record) {
+                        // No key, or no UTF-8 one: no topic anyone can want, but counted.
+                        skips.record_error(&record, &error);
                     }
                     if read.is_multiple_of(PROGRESS_EVERY) {
                         progress(&mut requests, Some((partition, offset)), &positions);

@@ -8,3 +8,4 @@ pub mod connection;
 pub mod inflight;
 pub mod session;
 pub mod topic_alias;
+pub mod transport;

@@ -31,7 +31,6 @@ use rmqtt_codec::v5::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::codec::Framed;
 
 use crate::auth::policy::Principal;
 use crate::broker::message::{MessageProperties, now_ms};
@@ -49,8 +48,8 @@ use crate::mqtt::connect::{self, Limits};
 use crate::mqtt::inflight::Inflight;
 use crate::mqtt::session;
 use crate::mqtt::topic_alias::{InboundAliases, OutboundAliases};
+use crate::mqtt::transport::Transport;
 
-type Transport<S> = Framed<S, MqttCodec>;
 type Qos0Delivery = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
 /// Deliveries written before one flush.
 const DELIVERY_BATCH: usize = 256;
@@ -66,7 +65,7 @@ where
     // Every write to the client has a deadline: one that does not read loses its
     // connection instead of holding this task forever.
     let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
-    let mut transport = Framed::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
+    let mut transport = Transport::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
     converse(&mut transport, shared, &slot, certificate).await;
     // However it ended, the client can read what was sent last (DISCONNECT, a refusing
     // CONNACK) before the socket closes, also while it is still writing.
