@@ -2,25 +2,28 @@
 //! Kafka: what a PUBLISH carries in, what a Kafka record carries, what a delivery sends out.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// MQTT 5 properties that travel with a message (through Kafka headers).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MessageProperties {
     /// Message Expiry Interval in seconds, as published.
     pub expiry_secs: Option<u32>,
-    pub content_type: Option<String>,
+    pub content_type: Option<ByteString>,
     /// Payload Format Indicator = 1 (UTF-8).
     pub payload_utf8: bool,
-    pub response_topic: Option<String>,
+    pub response_topic: Option<ByteString>,
     pub correlation_data: Option<Bytes>,
     /// User Properties, order kept, names may repeat.
-    pub user_properties: Vec<(String, String)>,
+    pub user_properties: Vec<(ByteString, ByteString)>,
 }
 
-/// One application message.
+/// One application message. Its strings are `ByteString`s (shared bytes, as the codec's
+/// packets hold them): a message delivered to many subscribers hands each PUBLISH the same
+/// topic and properties instead of a copy, and a PUBLISH received is kept without one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    pub topic: String,
+    pub topic: ByteString,
     pub payload: Bytes,
     /// The QoS it was published with (records from plain Kafka producers count as 1).
     pub qos: u8,

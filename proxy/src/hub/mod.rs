@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytestring::ByteString;
 use tokio::sync::{Notify, watch};
 
 mod dispatch;
@@ -634,9 +635,9 @@ impl Hub {
         }
     }
 
-    fn set_retained(&self, topic: String, message: Option<Arc<Message>>) {
+    fn set_retained(&self, topic: ByteString, message: Option<Arc<Message>>) {
         let mut store = write(&self.retained);
-        store.set(topic, message);
+        store.set(topic.to_string(), message);
         self.metrics
             .retained
             .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
@@ -743,6 +744,6 @@ impl RecordSink for Hub {
     }
 
     fn retained(&self, topic: &str, message: Option<Message>) {
-        self.set_retained(topic.to_owned(), message.map(Arc::new));
+        self.set_retained(topic.into(), message.map(Arc::new));
     }
 }

@@ -303,7 +303,7 @@ impl Publisher {
         let partition = partition_for(partition_key.unwrap_or(message.topic.as_bytes()), partitions);
         let headers = owned_headers(message);
         let record = FutureRecord::to(kafka_topic)
-            .key(message.topic.as_str())
+            .key(&*message.topic)
             .payload(message.payload.as_ref())
             .timestamp(message.timestamp_ms)
             .partition(partition)
@@ -314,7 +314,7 @@ impl Publisher {
             .map_err(|(e, _)| refused(kafka_error(kafka_topic, e)))?;
         let retained = if message.retain {
             let mut record = FutureRecord::<str, [u8]>::to(&self.retained_topic)
-                .key(message.topic.as_str())
+                .key(&*message.topic)
                 .timestamp(message.timestamp_ms)
                 .headers(headers);
             if !message.payload.is_empty() {

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::broker::message::{Message, MessageProperties};
 use crate::broker::topic::validate_topic_name;
@@ -85,7 +86,7 @@ pub fn headers_of(message: &Message) -> Vec<(&str, Cow<'_, [u8]>)> {
         headers.push((HEADER_CORRELATION_DATA, Cow::Borrowed(correlation.as_ref())));
     }
     for (name, value) in &p.user_properties {
-        headers.push((name.as_str(), Cow::Borrowed(value.as_bytes())));
+        headers.push((name, Cow::Borrowed(value.as_bytes())));
     }
     headers
 }
@@ -111,7 +112,7 @@ pub fn message_from_record<'a>(
         return Err(RecordError::KeyNotTopic);
     }
     let mut message = Message {
-        topic: topic.to_owned(),
+        topic: topic.into(),
         payload: value.map(Bytes::copy_from_slice).unwrap_or_default(),
         qos: 1,
         retain: false,
@@ -120,6 +121,7 @@ pub fn message_from_record<'a>(
         timestamp_ms,
     };
     let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
+    let shared = |v: Option<&[u8]>| ByteString::from(String::from_utf8_lossy(v.unwrap_or_default()).into_owned());
     let p = &mut message.properties;
     for (name, value) in headers {
         let name = std::str::from_utf8(name).map_err(|_| RecordError::HeaderNameNotUtf8)?;
@@ -132,17 +134,17 @@ pub fn message_from_record<'a>(
                     .ok()
                     .and_then(|s| s.parse().ok())
             }
-            HEADER_CONTENT_TYPE => p.content_type = Some(text(value)),
+            HEADER_CONTENT_TYPE => p.content_type = Some(shared(value)),
             HEADER_PAYLOAD_FORMAT => p.payload_utf8 = value == Some(b"1"),
             HEADER_RESPONSE_TOPIC => {
-                let topic = text(value);
+                let topic = shared(value);
                 if validate_topic_name(&topic).is_err() {
                     return Err(RecordError::BadResponseTopic);
                 }
                 p.response_topic = Some(topic);
             }
             HEADER_CORRELATION_DATA => p.correlation_data = Some(Bytes::copy_from_slice(value.unwrap_or_default())),
-            other => p.user_properties.push((other.to_owned(), text(value))),
+            other => p.user_properties.push((other.into(), shared(value))),
         }
     }
     check_lengths(&message.properties)?;
@@ -157,8 +159,8 @@ fn check_lengths(p: &MessageProperties) -> Result<(), RecordError> {
         len,
     };
     let fixed = [
-        (HEADER_CONTENT_TYPE, p.content_type.as_ref().map_or(0, String::len)),
-        (HEADER_RESPONSE_TOPIC, p.response_topic.as_ref().map_or(0, String::len)),
+        (HEADER_CONTENT_TYPE, p.content_type.as_ref().map_or(0, |s| s.len())),
+        (HEADER_RESPONSE_TOPIC, p.response_topic.as_ref().map_or(0, |s| s.len())),
         (
             HEADER_CORRELATION_DATA,
             p.correlation_data.as_ref().map_or(0, Bytes::len),
@@ -288,7 +290,7 @@ mod tests {
         assert_eq!(m.payload, Bytes::from_static(b"42"));
         assert_eq!(
             m.properties.user_properties,
-            [("source".into(), "erp".into()), ("trace".into(), String::new())]
+            [("source".into(), "erp".into()), ("trace".into(), "".into())]
         );
     }
 

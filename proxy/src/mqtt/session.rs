@@ -11,6 +11,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use bytestring::ByteString;
 use rmqtt_codec::v5::LastWill;
 
 use crate::broker::message::{Message, MessageProperties, now_ms};
@@ -44,22 +45,26 @@ pub fn stored_will(will: &LastWill) -> StoredWill {
 /// The message a stored will publishes.
 pub fn will_message(will: &StoredWill, client_id: &str) -> Message {
     Message {
-        topic: will.topic.clone(),
+        topic: will.topic.as_str().into(),
         payload: Bytes::from(BASE64.decode(&will.payload).unwrap_or_default()),
         qos: will.qos,
         retain: will.retain,
         publisher: Some(client_id.to_owned()),
         properties: MessageProperties {
             expiry_secs: will.expiry_secs,
-            content_type: will.content_type.clone(),
+            content_type: will.content_type.as_deref().map(ByteString::from),
             payload_utf8: will.payload_utf8,
-            response_topic: will.response_topic.clone(),
+            response_topic: will.response_topic.as_deref().map(ByteString::from),
             correlation_data: will
                 .correlation_data
                 .as_ref()
                 .and_then(|d| BASE64.decode(d).ok())
                 .map(Bytes::from),
-            user_properties: will.user_properties.clone(),
+            user_properties: will
+                .user_properties
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
         },
         timestamp_ms: now_ms(),
     }

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use bytestring::ByteString;
+
 /// Why an inbound alias is refused; each maps to a DISCONNECT reason code.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AliasError {
@@ -17,7 +19,7 @@ pub enum AliasError {
 #[derive(Debug, Default)]
 pub struct InboundAliases {
     maximum: u16,
-    topics: HashMap<u16, String>,
+    topics: HashMap<u16, ByteString>,
 }
 
 impl InboundAliases {
@@ -31,9 +33,9 @@ impl InboundAliases {
 
     /// The topic a PUBLISH is for: `topic` when non-empty (and the alias, if any, now
     /// names it), else the topic the alias was set to.
-    pub fn resolve(&mut self, topic: &str, alias: Option<u16>) -> Result<String, AliasError> {
+    pub fn resolve(&mut self, topic: &ByteString, alias: Option<u16>) -> Result<ByteString, AliasError> {
         let Some(alias) = alias else {
-            return Ok(topic.to_owned());
+            return Ok(topic.clone());
         };
         if alias == 0 || alias > self.maximum {
             return Err(AliasError::OutOfRange(alias));
@@ -41,8 +43,8 @@ impl InboundAliases {
         if topic.is_empty() {
             return self.topics.get(&alias).cloned().ok_or(AliasError::Unknown(alias));
         }
-        self.topics.insert(alias, topic.to_owned());
-        Ok(topic.to_owned())
+        self.topics.insert(alias, topic.clone());
+        Ok(topic.clone())
     }
 }
 
@@ -109,21 +111,21 @@ mod tests {
     #[test]
     fn inbound_alias_is_set_by_a_topic_and_used_by_an_empty_topic() {
         let mut a = InboundAliases::new(2);
-        assert_eq!(a.resolve("a/b", Some(1)), Ok("a/b".into()));
-        assert_eq!(a.resolve("", Some(1)), Ok("a/b".into()));
-        assert_eq!(a.resolve("c", Some(1)), Ok("c".into()));
-        assert_eq!(a.resolve("", Some(1)), Ok("c".into()));
-        assert_eq!(a.resolve("x", None), Ok("x".into()));
+        assert_eq!(a.resolve(&"a/b".into(), Some(1)), Ok("a/b".into()));
+        assert_eq!(a.resolve(&"".into(), Some(1)), Ok("a/b".into()));
+        assert_eq!(a.resolve(&"c".into(), Some(1)), Ok("c".into()));
+        assert_eq!(a.resolve(&"".into(), Some(1)), Ok("c".into()));
+        assert_eq!(a.resolve(&"x".into(), None), Ok("x".into()));
     }
 
     #[test]
     fn inbound_alias_errors() {
         let mut a = InboundAliases::new(2);
-        assert_eq!(a.resolve("a", Some(0)), Err(AliasError::OutOfRange(0)));
-        assert_eq!(a.resolve("a", Some(3)), Err(AliasError::OutOfRange(3)));
-        assert_eq!(a.resolve("", Some(2)), Err(AliasError::Unknown(2)));
+        assert_eq!(a.resolve(&"a".into(), Some(0)), Err(AliasError::OutOfRange(0)));
+        assert_eq!(a.resolve(&"a".into(), Some(3)), Err(AliasError::OutOfRange(3)));
+        assert_eq!(a.resolve(&"".into(), Some(2)), Err(AliasError::Unknown(2)));
         assert_eq!(
-            InboundAliases::new(0).resolve("a", Some(1)),
+            InboundAliases::new(0).resolve(&"a".into(), Some(1)),
             Err(AliasError::OutOfRange(1))
         );
     }

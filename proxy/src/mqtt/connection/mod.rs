@@ -545,14 +545,11 @@ fn message_properties(
 ) -> MessageProperties {
     MessageProperties {
         expiry_secs: expiry.map(NonZeroU32::get),
-        content_type: content_type.map(|s| s.to_string()),
+        content_type,
         payload_utf8,
-        response_topic: response_topic.map(|s| s.to_string()),
+        response_topic,
         correlation_data,
-        user_properties: user_properties
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        user_properties,
     }
 }
 

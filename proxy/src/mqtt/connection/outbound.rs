@@ -85,11 +85,11 @@ impl Connection {
             return Ok(());
         }
         let (topic, properties) = match self.version {
-            Version::V3 => (ByteString::from(message.topic.as_str()), None),
+            Version::V3 => (message.topic.clone(), None),
             Version::V5 => {
                 let (topic, alias) = match self.out_aliases.for_topic(&message.topic) {
-                    OutboundTopic::Plain => (ByteString::from(message.topic.as_str()), None),
-                    OutboundTopic::Assign(alias) => (ByteString::from(message.topic.as_str()), NonZeroU16::new(alias)),
+                    OutboundTopic::Plain => (message.topic.clone(), None),
+                    OutboundTopic::Assign(alias) => (message.topic.clone(), NonZeroU16::new(alias)),
                     OutboundTopic::Reuse(alias) => (ByteString::new(), NonZeroU16::new(alias)),
                 };
                 let p = &message.properties;
@@ -97,14 +97,10 @@ impl Connection {
                     topic_alias: alias,
                     correlation_data: p.correlation_data.clone(),
                     message_expiry_interval: remaining_expiry.and_then(NonZeroU32::new),
-                    content_type: p.content_type.as_deref().map(ByteString::from),
-                    user_properties: p
-                        .user_properties
-                        .iter()
-                        .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
-                        .collect(),
+                    content_type: p.content_type.clone(),
+                    user_properties: p.user_properties.clone(),
                     is_utf8_payload: p.payload_utf8,
-                    response_topic: p.response_topic.as_deref().map(ByteString::from),
+                    response_topic: p.response_topic.clone(),
                     subscription_ids: outgoing
                         .identifiers
                         .iter()
