@@ -120,7 +120,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::AliasIn { topic, alias } => {
-                let _ = aliases_in.resolve(&topic.render(), alias);
+                let _ = aliases_in.resolve(&topic.render().into(), alias);
             }
             Op::AliasOut { topic } => {
                 let _ = aliases_out.for_topic(&topic.render());
