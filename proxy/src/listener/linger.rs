@@ -34,7 +34,9 @@ pub async fn close_within<S: AsyncRead + AsyncWrite + Unpin>(
         if stream.shutdown().await.is_err() {
             return;
         }
-        let mut chunk = [0u8; 4096];
+        // On the heap, and only while closing: an array here would be part of every
+        // connection's task, idle or not.
+        let mut chunk = vec![0u8; 4096];
         while discarded < max_bytes {
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,

@@ -166,7 +166,7 @@ async fn converse<S>(
         will: connect.last_will.as_ref().map(session::stored_will),
         host: instance.to_string(),
     };
-    let mut opened = match session::open(&hub, &sessions, request).await {
+    let mut opened = match Box::pin(session::open(&hub, &sessions, request)).await {
         Ok(opened) => opened,
         Err(error) => {
             tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
@@ -227,20 +227,23 @@ async fn converse<S>(
     let mut connack = connect::connack(&accepted, &limits);
     connack.session_present = opened.session_present;
     connack.session_expiry_interval_secs = (expiry_secs != connect.session_expiry_interval_secs).then_some(expiry_secs);
+    // The CONNECT's strings share the bytes it was read into: they are not held for the
+    // connection's life.
+    drop(connect);
     hub.metrics().connects.with_label_values(&["success"]).inc();
     transport.codec_mut().connect_accepted();
     if transport.send(Packet::ConnectAck(Box::new(connack))).await.is_err() {
         count_write_timeout(&hub, transport, &accepted.client_id);
         hub.unregister(registration.id, &accepted.client_id);
         sessions.unwatch(&accepted.client_id, connection.session.generation);
-        session::close(
+        Box::pin(session::close(
             &hub,
             &sessions,
             &connection.session,
             connection.saved_positions.clone(),
             Departure::Abnormal,
             None,
-        )
+        ))
         .await;
         return;
     }
@@ -248,7 +251,7 @@ async fn converse<S>(
     tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
     if opened.session_present {
         // A write error here ends the connection in `run` at its first read.
-        let _ = connection.resume_outbound(transport).await;
+        let _ = Box::pin(connection.resume_outbound(transport)).await;
     }
     let ending = connection
         .run(transport, registration, taken_over, accepted.keep_alive)
@@ -285,14 +288,14 @@ async fn converse<S>(
         let mut state = connection.session.clone();
         state.qos2_pending = connection.qos2_received.iter().copied().collect();
         prune_outbound(&mut state.outbound, &positions);
-        session::close(
+        Box::pin(session::close(
             &hub,
             &sessions,
             &state,
             positions,
             departure,
             connection.expiry_on_disconnect,
-        )
+        ))
         .await;
     }
 }
@@ -470,6 +473,9 @@ impl Connection {
             paused |= !reading;
             let live_open = self.replay.is_none() && self.inflight.has_room();
             let replay_open = self.replay.is_some() && self.inflight.has_room();
+            // The handlers that await Kafka or the session store are boxed: their futures
+            // exist only while they run instead of being part of every connection's task,
+            // which an idle connection would carry for nothing.
             let step = tokio::select! {
                 biased;
                 _ = kicked.changed() => Err(match kicked.borrow().clone() {
@@ -478,14 +484,14 @@ impl Connection {
                 }),
                 Ok(()) = taken_over.changed() => Err(Ending::TakenOver),
                 Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
-                    self.on_kafka_ack(transport, id, qos, result).await
+                    Box::pin(self.on_kafka_ack(transport, id, qos, result)).await
                 }
                 packet = transport.next(), if reading => match packet {
                     Some(Ok(packet)) => {
                         if let Some(grace) = grace {
                             deadline.as_mut().reset(Instant::now() + grace);
                         }
-                        self.on_packet(transport, packet).await
+                        Box::pin(self.on_packet(transport, packet)).await
                     }
                     Some(Err(error)) => {
                         tracing::debug!(client_id = %self.client_id, %error, "undecodable packet");
@@ -505,7 +511,7 @@ impl Connection {
                     }
                     step
                 }
-                replayed = recv_replay(&mut self.replay), if replay_open => self.on_replayed(transport, replayed).await,
+                replayed = recv_replay(&mut self.replay), if replay_open => Box::pin(self.on_replayed(transport, replayed)).await,
                 () = lagging.notified() => {
                     self.catch_up_wanted = true;
                     Ok(())

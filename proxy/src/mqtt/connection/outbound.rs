@@ -217,7 +217,9 @@ impl Connection {
         self.session.positions = self.hub.positions(self.id);
         self.saved_positions = self.session.positions.clone();
         prune_outbound(&mut self.session.outbound, &self.session.positions);
-        if let Err(error) = self.sessions.store(&self.session).await {
+        // Boxed: a write to Kafka is a large future, and every state it is awaited from would
+        // otherwise carry it in each connection's task, idle or not.
+        if let Err(error) = Box::pin(self.sessions.store(&self.session)).await {
             tracing::warn!(client_id = %self.client_id, %error, "session not stored");
         }
     }
