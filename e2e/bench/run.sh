@@ -171,6 +171,13 @@ if [[ " $PARTS " =~ \ (latency|throughput|fanout)\  ]]; then
   start_proxy
   start_mosquitto
   sleep 2
+  # One run each, not counted: a fresh proxy's first messages also wait for its Kafka
+  # producer's connections and topic metadata.
+  for port in "$PROXY_PORT" "$MOSQUITTO_PORT"; do
+    "$BENCH" --broker "127.0.0.1:$port" --source "127.$src.0.1" latency --seconds 2 --rate 1000 \
+      > /dev/null 2>> "$dir/generator.log" || true
+    src=$((src + 1))
+  done
   for part in latency throughput; do
     [[ " $PARTS " == *" $part "* ]] || continue
     for q in 0 1; do
