@@ -47,7 +47,7 @@ crds: ## regenerate crds/ from the operator's types, and deploy/ from the Helm c
 	bash e2e/env/install-tools.sh helm
 	source e2e/env/lib.sh && HELM="$$BIN_DIR/helm-$$HELM_VERSION" bash deploy/render.sh > deploy/mqtt-kafka-operator.yaml
 
-bench: ## proxy vs Mosquitto on loopback: throughput and latency, with the ratio
+bench: ## proxy vs Mosquitto on loopback: idle RSS, latency, throughput, fan-out, with the ratio
 	@bash e2e/bench/run.sh
 
 fuzz: ## coverage-guided fuzzing of the codec and the connection state machines (RUNS=5000000 per target; nightly)
