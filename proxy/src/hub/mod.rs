@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytestring::ByteString;
 use tokio::sync::{Notify, watch};
 
 mod dispatch;
@@ -626,7 +625,7 @@ impl Hub {
                 Ok(()) if message.retain => {
                     let topic = message.topic.clone();
                     let value = (!message.payload.is_empty()).then(|| Arc::new(message));
-                    hub.set_retained(topic, value);
+                    hub.set_retained(&topic, value);
                 }
                 Ok(()) => {}
                 Err(_) => hub.metrics.kafka_errors.inc(),
@@ -635,9 +634,9 @@ impl Hub {
         }
     }
 
-    fn set_retained(&self, topic: ByteString, message: Option<Arc<Message>>) {
+    fn set_retained(&self, topic: &str, message: Option<Arc<Message>>) {
         let mut store = write(&self.retained);
-        store.set(topic.to_string(), message);
+        store.set(topic.to_owned(), message);
         self.metrics
             .retained
             .set(i64::try_from(store.len()).unwrap_or(i64::MAX));
@@ -744,6 +743,6 @@ impl RecordSink for Hub {
     }
 
     fn retained(&self, topic: &str, message: Option<Message>) {
-        self.set_retained(topic.into(), message.map(Arc::new));
+        self.set_retained(topic, message.map(Arc::new));
     }
 }

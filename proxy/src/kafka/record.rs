@@ -121,7 +121,7 @@ pub fn message_from_record<'a>(
         timestamp_ms,
     };
     let text = |v: Option<&[u8]>| String::from_utf8_lossy(v.unwrap_or_default()).into_owned();
-    let shared = |v: Option<&[u8]>| ByteString::from(String::from_utf8_lossy(v.unwrap_or_default()).into_owned());
+    let shared = |v: Option<&[u8]>| ByteString::from(text(v));
     let p = &mut message.properties;
     for (name, value) in headers {
         let name = std::str::from_utf8(name).map_err(|_| RecordError::HeaderNameNotUtf8)?;
