@@ -24,6 +24,10 @@ KAFKA_LIB_DIR="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
 
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
+# A SASL_SSL listener (SCRAM-SHA-512 over TLS signed by the environment's own CA) beside
+# the plaintext one, for the proxy's Kafka security tests; the user is created at start-up.
+KAFKA_SASL_PORT="${KAFKA_SASL_PORT:-$((KAFKA_PORT + 3))}"
+KAFKA_SASL_USER="${KAFKA_SASL_USER:-mqtt-kafka-proxy}"
 ETCD_PORT="${ETCD_PORT:-12379}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-12380}"
 APISERVER_PORT="${APISERVER_PORT:-16443}"

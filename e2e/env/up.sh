@@ -55,9 +55,54 @@ require_port_free() {
 }
 
 # ---------------------------------------------------------------- Kafka
+KAFKA_TLS_DIR="$KAFKA_DIR/tls"
+
 kafka_healthy() {
   kcat -b "127.0.0.1:$KAFKA_PORT" -L -m 2 >/dev/null 2>&1 || return 1
-  ((NODE_ON == 0)) || kcat -b "$NODE_IP:$KAFKA_NODE_PORT" -L -m 2 >/dev/null 2>&1
+  ((NODE_ON == 0)) || kcat -b "$NODE_IP:$KAFKA_NODE_PORT" -L -m 2 >/dev/null 2>&1 || return 1
+  # An environment started before the SASL_SSL listener existed is restarted to gain it.
+  port_free "$KAFKA_SASL_PORT" && return 1
+  return 0
+}
+
+# The SASL_SSL listener's material, made once: a CA, the broker's certificate for
+# 127.0.0.1/localhost in a PKCS#12 keystore, and the SCRAM user's password.
+kafka_tls() {
+  [[ -f "$KAFKA_TLS_DIR/broker.p12" && -f "$KAFKA_TLS_DIR/sasl-password" ]] && return 0
+  log "kafka: creating the SASL_SSL listener's CA, certificate and SCRAM password"
+  mkdir -p "$KAFKA_TLS_DIR"
+  (
+    cd "$KAFKA_TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.crt \
+      -subj "/CN=mqtt-kafka-local-kafka-ca" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -out broker.crt -extfile broker.ext 2>/dev/null
+    openssl pkcs12 -export -in broker.crt -inkey broker.key -certfile ca.crt -name broker \
+      -passout pass:mqtt-kafka-local -out broker.p12
+    rm -f broker.csr broker.ext
+    openssl rand -hex 16 >sasl-password
+    chmod 600 ca.key broker.key broker.p12 sasl-password
+  )
+}
+
+# kafka_scram_user: creates (or resets) the SCRAM-SHA-512 user of the SASL_SSL listener
+# through the plaintext listener.
+kafka_scram_user() {
+  local password; password="$(cat "$KAFKA_TLS_DIR/sasl-password")"
+  java -Xmx256m -cp "$KAFKA_LIB_DIR/*" "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" \
+    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+    --add-config "SCRAM-SHA-512=[iterations=8192,password=$password]" \
+    --entity-type users --entity-name "$KAFKA_SASL_USER" >"$KAFKA_DIR/logs/scram-user.log" 2>&1 \
+    || die "kafka: creating the SCRAM user failed; see $KAFKA_DIR/logs/scram-user.log"
+}
+
+# sasl_ssl_healthy: the SCRAM user logs in over TLS and reads metadata.
+sasl_ssl_healthy() {
+  kcat -b "127.0.0.1:$KAFKA_SASL_PORT" -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512 \
+    -X "sasl.username=$KAFKA_SASL_USER" -X "sasl.password=$(cat "$KAFKA_TLS_DIR/sasl-password")" \
+    -X "ssl.ca.location=$KAFKA_TLS_DIR/ca.crt" -L -m 5 >/dev/null 2>&1
 }
 
 launch_kafka() {
@@ -70,15 +115,23 @@ launch_kafka() {
     node_listener=",NODE://$NODE_IP:$KAFKA_NODE_PORT"
     node_map=",NODE:PLAINTEXT"
   fi
+  require_port_free kafka_sasl "$KAFKA_SASL_PORT"
+  kafka_tls
   cat >"$KAFKA_DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$node_listener
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$node_listener
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT$node_listener
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_PORT$node_listener
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT$node_map
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL$node_map
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_TLS_DIR/broker.p12
+listener.name.sasl_ssl.ssl.keystore.password=mqtt-kafka-local
+listener.name.sasl_ssl.ssl.key.password=mqtt-kafka-local
 log.dirs=$KAFKA_DIR/data
 auto.create.topics.enable=false
 num.partitions=1
@@ -245,6 +298,11 @@ write_env() {
   cat >"$ENV_FILE" <<ENV
 # Written by 'make env-up'. Scripts: source it. Tests: read KEY=VALUE lines.
 KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+KAFKA_SASL_BOOTSTRAP=127.0.0.1:$KAFKA_SASL_PORT
+KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+KAFKA_SASL_USER=$KAFKA_SASL_USER
+KAFKA_SASL_PASSWORD_FILE=$KAFKA_TLS_DIR/sasl-password
+KAFKA_CA_FILE=$KAFKA_TLS_DIR/ca.crt
 KUBECONFIG=$KUBECONFIG_FILE
 ETCD_ENDPOINT=http://127.0.0.1:$ETCD_PORT
 MQTT_KAFKA_BIN=$BIN_DIR
@@ -280,6 +338,8 @@ mkdir -p "$KUBE_DIR"
 ((NODE_ON == 0)) || node_prepare_host
 switch_mode
 ensure kafka kafka_healthy launch_kafka 90
+kafka_scram_user
+wait_for kafka_sasl 30 sasl_ssl_healthy || die "kafka: the SCRAM user cannot log in on 127.0.0.1:$KAFKA_SASL_PORT (SASL_SSL); see $KAFKA_DIR/logs"
 make_pki
 write_kubeconfig
 ensure etcd etcd_healthy launch_etcd 60

@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     if cli.check {
-        print!("{}", config.to_yaml()?);
+        print!("{}", config.redacted().to_yaml()?);
         return Ok(());
     }
     // Before anything that can wait on Kafka: a signal during start-up (Kafka unreachable,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
@@ -19,6 +19,7 @@ use crate::kafka::consumer::{self, ReaderError, RecordSink, Supervision};
 use crate::kafka::health::Policy;
 use crate::kafka::producer::{PublishError, Publisher};
 use crate::kafka::replay::Replayer;
+use crate::kafka::security::SecurityWatch;
 use crate::kafka::sessions::SessionStore;
 use crate::listener::{self, Shared, certs::TlsError};
 use crate::metrics::Metrics;
@@ -251,11 +252,12 @@ async fn connect_kafka(
     readiness: &Arc<Readiness>,
     liveness: &Arc<Liveness>,
     retained_loaded: &Arc<AtomicBool>,
+    refusals: &Arc<SecurityWatch>,
 ) -> Result<KafkaSide, ServerError> {
     let instance = config.effective_instance_id();
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
-    let admin = kafka_admin::client(&bootstrap, &properties)?;
+    let admin = kafka_admin::watched_client(&bootstrap, &properties, Arc::clone(refusals))?;
     if options.create_topics {
         let specs = kafka_admin::topic_specs(config, options.partitions.max(1), 1);
         let created = kafka_admin::create_missing(&admin, &specs).await?;
@@ -370,6 +372,28 @@ async fn connect_kafka(
     })
 }
 
+/// Runs one Kafka set-up attempt; meanwhile, once a second, a connection refusal the
+/// clients saw (wrong credentials, a failed TLS handshake) becomes the readiness problem,
+/// rather than waiting for the attempt's requests to time out.
+async fn explain_refusals<T>(
+    attempt: impl Future<Output = Result<T, ServerError>>,
+    readiness: &Readiness,
+    refusals: &SecurityWatch,
+) -> Result<T, ServerError> {
+    let mut attempt = std::pin::pin!(attempt);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            result = &mut attempt => return result,
+            _ = tick.tick() => {
+                if let Some(problem) = refusals.problem(Instant::now()) {
+                    readiness.report(KAFKA_SETUP, Some(problem));
+                }
+            }
+        }
+    }
+}
+
 /// Starts everything `config` describes; returns once the listeners accept connections.
 /// The admin endpoint comes first: while Kafka cannot be reached it answers `/readyz` with
 /// what is missing, and (with `StartOptions::retry_kafka`) set-up is retried until it works.
@@ -399,14 +423,29 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
     )));
 
     let mut backoff = Duration::from_millis(500);
+    // Wrong credentials or a wrong CA make requests time out; the cause reaches only the
+    // clients' error callbacks, which `refusals` collects for `/readyz`.
+    let refusals = SecurityWatch::new();
     let kafka = loop {
-        match connect_kafka(&config, &options, &metrics, &readiness, &liveness, &retained_loaded).await {
+        let attempt = connect_kafka(
+            &config,
+            &options,
+            &metrics,
+            &readiness,
+            &liveness,
+            &retained_loaded,
+            &refusals,
+        );
+        match explain_refusals(attempt, &readiness, &refusals).await {
             Ok(kafka) => {
                 readiness.report(KAFKA_SETUP, None);
                 break kafka;
             }
             Err(error) if options.retry_kafka && error.is_transient() => {
-                readiness.report(KAFKA_SETUP, Some(format!("Kafka is not reachable: {error}")));
+                let problem = refusals
+                    .problem(Instant::now())
+                    .unwrap_or_else(|| format!("Kafka is not reachable: {error}"));
+                readiness.report(KAFKA_SETUP, Some(problem));
                 tracing::warn!(%error, retry_in = ?backoff, "Kafka set-up failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

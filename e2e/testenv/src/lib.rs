@@ -102,6 +102,45 @@ impl TestEnv {
     }
 }
 
+/// The environment's SASL_SSL Kafka listener (SCRAM over TLS signed by the environment's
+/// own CA), for tests of the proxy's Kafka security settings.
+#[derive(Clone, Debug)]
+pub struct KafkaSasl {
+    pub bootstrap: String,
+    pub mechanism: String,
+    pub username: String,
+    /// A file holding the password (no trailing newline needed).
+    pub password_file: PathBuf,
+    /// The CA certificate (PEM) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+}
+
+impl KafkaSasl {
+    /// Reads the listener's details from the environment file (an environment started
+    /// before the listener existed lacks them: `make env-up` adds them).
+    pub fn load() -> Result<Self, EnvError> {
+        let file = env_file();
+        let values = env_file_values();
+        let get = |key: &'static str| {
+            std::env::var(key)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| values.get(key).cloned())
+                .ok_or_else(|| EnvError::Missing {
+                    key,
+                    file: file.clone(),
+                })
+        };
+        Ok(Self {
+            bootstrap: get("KAFKA_SASL_BOOTSTRAP")?,
+            mechanism: get("KAFKA_SASL_MECHANISM")?,
+            username: get("KAFKA_SASL_USER")?,
+            password_file: PathBuf::from(get("KAFKA_SASL_PASSWORD_FILE")?),
+            ca_file: PathBuf::from(get("KAFKA_CA_FILE")?),
+        })
+    }
+}
+
 /// The Kafka bootstrap address, after checking that a broker answers a metadata request.
 pub async fn kafka() -> Result<String, EnvError> {
     let bootstrap = TestEnv::load()?.kafka_bootstrap;

@@ -30,6 +30,14 @@ impl Config {
         serde_saphyr::to_string(self).map_err(|e| ConfigError::Serialize(e.to_string()))
     }
 
+    /// This config with the values of secret Kafka properties (`sasl.password`,
+    /// `ssl.key.pem`, ...) replaced by `<redacted>`: what `--check` prints.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        config.kafka.properties = super::schema::redact_secrets(&self.kafka.properties);
+        config
+    }
+
     /// The JSON schema (draft 2020-12) of the file.
     pub fn json_schema() -> serde_json::Value {
         schemars::schema_for!(Config).to_value()
@@ -72,23 +80,42 @@ impl Config {
 }
 
 impl Kafka {
-    /// `bootstrap.servers` plus `properties` plus `propertiesFromEnv` resolved with
-    /// `lookup` (a variable that is not set is an error naming its key path).
+    /// `bootstrap.servers` plus `properties`, plus `propertiesFromEnv` resolved with `env`,
+    /// plus `propertiesFromFiles` read with `read` (a variable that is not set or a file
+    /// that cannot be read is an error naming its key path, never the value).
     pub fn client_properties_with(
         &self,
-        lookup: impl Fn(&str) -> Option<String>,
+        env: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&str) -> std::io::Result<String>,
     ) -> Result<BTreeMap<String, String>, ConfigError> {
         let mut out = self.properties.clone();
         out.insert("bootstrap.servers".to_owned(), self.bootstrap_servers.clone());
         let mut missing = Vec::new();
         for (property, var) in &self.properties_from_env {
-            match lookup(var) {
+            match env(var) {
                 Some(value) => {
                     out.insert(property.clone(), value);
                 }
                 None => missing.push(Violation {
                     path: format!("kafka.propertiesFromEnv{}", key_segment(property)),
                     message: format!("environment variable {var} is not set"),
+                }),
+            }
+        }
+        for (property, path) in &self.properties_from_files {
+            match read(path) {
+                Ok(mut value) => {
+                    if value.ends_with('\n') {
+                        value.pop();
+                        if value.ends_with('\r') {
+                            value.pop();
+                        }
+                    }
+                    out.insert(property.clone(), value);
+                }
+                Err(error) => missing.push(Violation {
+                    path: format!("kafka.propertiesFromFiles{}", key_segment(property)),
+                    message: format!("cannot read {path}: {error}"),
                 }),
             }
         }
@@ -99,9 +126,9 @@ impl Kafka {
         }
     }
 
-    /// [`Kafka::client_properties_with`] reading the process environment.
+    /// [`Kafka::client_properties_with`] reading the process environment and the files.
     pub fn client_properties(&self) -> Result<BTreeMap<String, String>, ConfigError> {
-        self.client_properties_with(|var| std::env::var(var).ok())
+        self.client_properties_with(|var| std::env::var(var).ok(), |path| std::fs::read_to_string(path))
     }
 }
 

@@ -192,7 +192,7 @@ impl Default for Admin {
 }
 
 /// Kafka connection settings shared by every Kafka client of the proxy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Kafka {
     /// Comma-separated `host:port` list (librdkafka `bootstrap.servers`).
@@ -207,6 +207,49 @@ pub struct Kafka {
     /// (property -> variable name), so secrets such as `sasl.password` stay out of the file.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties_from_env: BTreeMap<String, String>,
+    /// librdkafka properties whose value is the content of a file, read at start-up
+    /// (property -> path; one trailing newline is dropped), for secrets mounted from a
+    /// Kubernetes Secret: `sasl.password`, `ssl.key.pem`, ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties_from_files: BTreeMap<String, String>,
+}
+
+/// Secret property values never reach a log: `Debug` shows `<redacted>` in their place.
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &redact_secrets(&self.properties))
+            .field("properties_from_env", &self.properties_from_env)
+            .field("properties_from_files", &self.properties_from_files)
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret (a password, a private key, a JAAS line
+/// with credentials in it).
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password")
+        || name.contains("secret")
+        || name.ends_with(".key.pem")
+        || name == "sasl.jaas.config"
+        || name == "ssl_key"
+}
+
+/// `properties` with the value of every secret property replaced by `<redacted>`.
+pub fn redact_secrets(properties: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(k, v)| {
+            let v = if is_secret_property(k) {
+                "<redacted>".to_owned()
+            } else {
+                v.clone()
+            };
+            (k.clone(), v)
+        })
+        .collect()
 }
 
 impl Kafka {
@@ -216,6 +259,7 @@ impl Kafka {
             bootstrap_servers: bootstrap_servers.into(),
             properties: BTreeMap::new(),
             properties_from_env: BTreeMap::new(),
+            properties_from_files: BTreeMap::new(),
         }
     }
 }

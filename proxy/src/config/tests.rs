@@ -180,16 +180,85 @@ fn client_properties_resolve_env() {
     let config = Config::from_yaml_str(yaml).expect("config");
     let props = config
         .kafka
-        .client_properties_with(|var| (var == "KAFKA_PASSWORD").then(|| "secret".to_owned()))
+        .client_properties_with(|var| (var == "KAFKA_PASSWORD").then(|| "secret".to_owned()), no_files)
         .expect("resolved");
     assert_eq!(props["bootstrap.servers"], "k:9092");
     assert_eq!(props["sasl.username"], "u");
     assert_eq!(props["sasl.password"], "secret");
-    let err = config.kafka.client_properties_with(|_| None).expect_err("missing var");
+    let err = config
+        .kafka
+        .client_properties_with(|_| None, no_files)
+        .expect_err("missing var");
     assert!(
         err.to_string()
             .contains("kafka.propertiesFromEnv[\"sasl.password\"]: environment variable KAFKA_PASSWORD"),
         "{err}"
+    );
+}
+
+fn no_files(path: &str) -> std::io::Result<String> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("no such file: {path}"),
+    ))
+}
+
+#[test]
+fn client_properties_read_files_without_the_trailing_newline() {
+    let yaml = "kafka:\n  bootstrapServers: k:9092\n  \
+                propertiesFromFiles: {sasl.password: /etc/kafka/password, ssl.ca.pem: /etc/kafka/ca.crt}\n";
+    let config = Config::from_yaml_str(yaml).expect("config");
+    let read = |path: &str| match path {
+        "/etc/kafka/password" => Ok("s3cret\n".to_owned()),
+        "/etc/kafka/ca.crt" => Ok("-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n".to_owned()),
+        other => no_files(other),
+    };
+    let props = config.kafka.client_properties_with(|_| None, read).expect("resolved");
+    assert_eq!(props["sasl.password"], "s3cret");
+    assert_eq!(
+        props["ssl.ca.pem"],
+        "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----"
+    );
+    let err = config
+        .kafka
+        .client_properties_with(|_| None, no_files)
+        .expect_err("unreadable");
+    let text = err.to_string();
+    assert!(
+        text.contains("kafka.propertiesFromFiles[\"sasl.password\"]: cannot read /etc/kafka/password"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_property_set_in_two_places_is_refused() {
+    let yaml = "kafka:\n  bootstrapServers: k:9092\n  propertiesFromEnv: {sasl.password: P}\n  \
+                propertiesFromFiles: {sasl.password: /p}\n";
+    let err = Config::from_yaml_str(yaml).expect_err("twice").to_string();
+    assert!(
+        err.contains("kafka.propertiesFromEnv[\"sasl.password\"]: also set in kafka.propertiesFromFiles"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_and_in_the_checked_config() {
+    let yaml = "kafka:\n  bootstrapServers: k:9092\n  properties: {sasl.username: device-fleet, \
+                sasl.password: hunter2, ssl.key.pem: PRIVATE, ssl.key.password: pw2, \
+                sasl.jaas.config: 'x required password=\"pw3\";'}\n";
+    let config = Config::from_yaml_str(yaml).expect("config");
+    let debug = format!("{config:?}");
+    let checked = config.redacted().to_yaml().expect("yaml");
+    for shown in [&debug, &checked] {
+        for secret in ["hunter2", "PRIVATE", "pw2", "pw3"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("device-fleet"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+    assert_eq!(
+        config.kafka.properties["sasl.password"], "hunter2",
+        "only the rendering is redacted"
     );
 }
 

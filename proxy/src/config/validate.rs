@@ -198,6 +198,8 @@ impl Config {
             check_property_name(key, &path, v);
             if self.kafka.properties_from_env.contains_key(key) {
                 v.err(path, "also set in kafka.propertiesFromEnv; set it in one place");
+            } else if self.kafka.properties_from_files.contains_key(key) {
+                v.err(path, "also set in kafka.propertiesFromFiles; set it in one place");
             }
         }
         for (key, var) in &self.kafka.properties_from_env {
@@ -205,6 +207,15 @@ impl Config {
             check_property_name(key, &path, v);
             if !is_env_var_name(var) {
                 v.err(path, format!("not an environment variable name: {var:?}"));
+            } else if self.kafka.properties_from_files.contains_key(key) {
+                v.err(path, "also set in kafka.propertiesFromFiles; set it in one place");
+            }
+        }
+        for (key, file) in &self.kafka.properties_from_files {
+            let path = format!("kafka.propertiesFromFiles{}", key_segment(key));
+            check_property_name(key, &path, v);
+            if file.trim().is_empty() {
+                v.err(path, "must be a file path");
             }
         }
     }

@@ -10,4 +10,5 @@ pub mod producer;
 pub mod qos0;
 pub mod record;
 pub mod replay;
+pub mod security;
 pub mod sessions;
