@@ -98,11 +98,22 @@ kafka_scram_user() {
     || die "kafka: creating the SCRAM user failed; see $KAFKA_DIR/logs/scram-user.log"
 }
 
-# sasl_ssl_healthy: the SCRAM user logs in over TLS and reads metadata.
+# sasl_ssl_healthy: the SCRAM user logs in over TLS and reads its own credential's
+# description. Kafka's own client, not kcat: Debian's kcat carries librdkafka 2.0, whose
+# SCRAM Kafka 4 refuses (fixed in librdkafka 2.6.1; the proxy builds 2.12).
 sasl_ssl_healthy() {
-  kcat -b "127.0.0.1:$KAFKA_SASL_PORT" -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512 \
-    -X "sasl.username=$KAFKA_SASL_USER" -X "sasl.password=$(cat "$KAFKA_TLS_DIR/sasl-password")" \
-    -X "ssl.ca.location=$KAFKA_TLS_DIR/ca.crt" -L -m 5 >/dev/null 2>&1
+  local client="$KAFKA_TLS_DIR/client.properties"
+  cat >"$client" <<PROPS
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_SASL_USER" password="$(cat "$KAFKA_TLS_DIR/sasl-password")";
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_TLS_DIR/ca.crt
+PROPS
+  chmod 600 "$client"
+  java -Xmx256m -cp "$KAFKA_LIB_DIR/*" "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" \
+    kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_SASL_PORT" --command-config "$client" \
+    --describe --entity-type users --entity-name "$KAFKA_SASL_USER" 2>/dev/null | grep -q 'SCRAM-SHA-512'
 }
 
 launch_kafka() {

@@ -16,11 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt_kafka_proxy::kafka::admin::{self, CreateOutcome, TopicConfigEntry, TopicLayout, TopicSpec as AdminTopicSpec};
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
 
 use crate::crd::{MqttKafkaProxySpec, TopicConfigPolicy, TopicSpec, TopicStatus};
 
 /// The admin client the operator uses.
-pub type Admin = mqtt_kafka_proxy::kafka::admin::Admin;
+pub type Admin = AdminClient<DefaultClientContext>;
 
 const CLEANUP_POLICY: &str = "cleanup.policy";
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

@@ -257,7 +257,19 @@ async fn connect_kafka(
     let instance = config.effective_instance_id();
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let properties: Vec<(String, String)> = config.kafka.client_properties()?.into_iter().collect();
-    let admin = kafka_admin::watched_client(&bootstrap, &properties, Arc::clone(refusals))?;
+    // The producer first: its polling thread hands the clients' error callbacks (a refused
+    // SASL login, a failed TLS handshake) to `refusals` while the admin requests wait.
+    let publisher = Arc::new(
+        Publisher::new(
+            &bootstrap,
+            &properties,
+            &config.topics.retained,
+            Duration::from_secs(30),
+            Arc::clone(refusals),
+        )?
+        .with_metrics(Arc::clone(metrics)),
+    );
+    let admin = kafka_admin::client(&bootstrap, &properties)?;
     if options.create_topics {
         let specs = kafka_admin::topic_specs(config, options.partitions.max(1), 1);
         let created = kafka_admin::create_missing(&admin, &specs).await?;
@@ -267,15 +279,6 @@ async fn connect_kafka(
     }
     kafka_admin::check_sessions_compacted(&admin, &config.topics.sessions).await?;
 
-    let publisher = Arc::new(
-        Publisher::new(
-            &bootstrap,
-            &properties,
-            &config.topics.retained,
-            Duration::from_secs(30),
-        )?
-        .with_metrics(Arc::clone(metrics)),
-    );
     let hub = Arc::new(Hub::new(
         route_table(config)?,
         IdentityPatterns::parse(&config.clients)?,

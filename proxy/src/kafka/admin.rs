@@ -10,15 +10,11 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
-use crate::kafka::security::{SecurityWatch, WatchedContext};
-
-/// The admin client: its errors (a refused SASL login, a failed TLS handshake) reach a
-/// [`SecurityWatch`].
-pub type Admin = AdminClient<WatchedContext>;
 
 /// What a topic should look like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,22 +86,16 @@ pub fn topic_specs(config: &Config, partitions: i32, replication: i32) -> Vec<To
 }
 
 /// An admin client for `bootstrap` with extra librdkafka `properties`.
-pub fn client(bootstrap: &str, properties: &[(String, String)]) -> Result<Admin, AdminError> {
-    watched_client(bootstrap, properties, SecurityWatch::new())
-}
-
-/// [`client`] whose connection refusals are recorded in `watch`.
-pub fn watched_client(
+pub fn client(
     bootstrap: &str,
     properties: &[(String, String)],
-    watch: std::sync::Arc<SecurityWatch>,
-) -> Result<Admin, AdminError> {
+) -> Result<AdminClient<DefaultClientContext>, AdminError> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
     for (key, value) in properties {
         config.set(key, value);
     }
-    Ok(config.create_with_context(WatchedContext::new(watch))?)
+    Ok(config.create()?)
 }
 
 fn options() -> AdminOptions {
@@ -115,7 +105,10 @@ fn options() -> AdminOptions {
 }
 
 /// Creates the topics of `specs` that do not exist; returns the names it created.
-pub async fn create_missing(admin: &Admin, specs: &[TopicSpec]) -> Result<Vec<String>, AdminError> {
+pub async fn create_missing(
+    admin: &AdminClient<DefaultClientContext>,
+    specs: &[TopicSpec],
+) -> Result<Vec<String>, AdminError> {
     let mut created = Vec::new();
     for (topic, outcome) in create_topics(admin, specs).await? {
         match outcome {
@@ -132,7 +125,7 @@ pub async fn create_missing(admin: &Admin, specs: &[TopicSpec]) -> Result<Vec<St
 
 /// Waits until every partition of a just-created topic has a leader: until then metadata
 /// and offset requests fail with transient errors (NotLeaderForPartition and the like).
-async fn await_leaders(admin: &Admin, topic: &str) -> Result<(), AdminError> {
+async fn await_leaders(admin: &AdminClient<DefaultClientContext>, topic: &str) -> Result<(), AdminError> {
     let mut last = RDKafkaErrorCode::LeaderNotAvailable;
     for _ in 0..100 {
         let metadata = admin.inner().fetch_metadata(Some(topic), Duration::from_secs(5))?;
@@ -156,7 +149,11 @@ async fn await_leaders(admin: &Admin, topic: &str) -> Result<(), AdminError> {
 }
 
 /// The value of one config entry of `topic` (`None` when the broker has no such key).
-pub async fn topic_config(admin: &Admin, topic: &str, key: &str) -> Result<Option<String>, AdminError> {
+pub async fn topic_config(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    key: &str,
+) -> Result<Option<String>, AdminError> {
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options())
         .await?;
@@ -172,7 +169,10 @@ pub async fn topic_config(admin: &Admin, topic: &str, key: &str) -> Result<Optio
 
 /// Refuses a sessions topic that is not compacted (DESIGN section 2): deleting old
 /// session records would silently lose sessions.
-pub async fn check_sessions_compacted(admin: &Admin, topic: &str) -> Result<(), AdminError> {
+pub async fn check_sessions_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<(), AdminError> {
     let policy = topic_config(admin, topic, "cleanup.policy")
         .await?
         .unwrap_or_else(|| "delete".into());
@@ -198,7 +198,11 @@ pub struct TopicLayout {
 /// Partitions and replication factor of `topic`, `None` when it does not exist.
 ///
 /// Blocking (librdkafka's metadata call is synchronous): call it from `spawn_blocking`.
-pub fn topic_layout(admin: &Admin, topic: &str, timeout: Duration) -> Result<Option<TopicLayout>, AdminError> {
+pub fn topic_layout(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<TopicLayout>, AdminError> {
     let metadata = admin.inner().fetch_metadata(Some(topic), timeout)?;
     let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
         return Ok(None);
@@ -229,7 +233,10 @@ pub struct TopicConfigEntry {
 }
 
 /// Every config entry of `topic`, by name.
-pub async fn topic_configs(admin: &Admin, topic: &str) -> Result<BTreeMap<String, TopicConfigEntry>, AdminError> {
+pub async fn topic_configs(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+) -> Result<BTreeMap<String, TopicConfigEntry>, AdminError> {
     let results = admin
         .describe_configs([&ResourceSpecifier::Topic(topic)], &options())
         .await?;
@@ -260,7 +267,7 @@ pub async fn topic_configs(admin: &Admin, topic: &str) -> Result<BTreeMap<String
 /// AlterConfigs: entries not listed return to the broker default, so pass every entry that
 /// should stay set).
 pub async fn alter_topic_configs(
-    admin: &Admin,
+    admin: &AdminClient<DefaultClientContext>,
     topic: &str,
     configs: &BTreeMap<String, String>,
 ) -> Result<(), AdminError> {
@@ -280,7 +287,11 @@ pub async fn alter_topic_configs(
 }
 
 /// Grows `topic` to `partitions` partitions (Kafka cannot shrink them).
-pub async fn add_partitions(admin: &Admin, topic: &str, partitions: usize) -> Result<(), AdminError> {
+pub async fn add_partitions(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: usize,
+) -> Result<(), AdminError> {
     let request = NewPartitions::new(topic, partitions);
     for result in admin.create_partitions([&request], &options()).await? {
         if let Err((topic, code)) = result {
@@ -300,7 +311,10 @@ pub enum CreateOutcome {
 
 /// Creates every topic of `specs` and reports each outcome, without waiting for leaders
 /// (unlike [`create_missing`]); a replication factor of -1 means the broker default.
-pub async fn create_topics(admin: &Admin, specs: &[TopicSpec]) -> Result<Vec<(String, CreateOutcome)>, AdminError> {
+pub async fn create_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    specs: &[TopicSpec],
+) -> Result<Vec<(String, CreateOutcome)>, AdminError> {
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
@@ -323,7 +337,10 @@ pub async fn create_topics(admin: &Admin, specs: &[TopicSpec]) -> Result<Vec<(St
 }
 
 /// Deletes `topics`; topics that do not exist are not an error. Returns the names deleted.
-pub async fn delete_topics(admin: &Admin, topics: &[&str]) -> Result<Vec<String>, AdminError> {
+pub async fn delete_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[&str],
+) -> Result<Vec<String>, AdminError> {
     let mut deleted = Vec::new();
     for result in admin.delete_topics(topics, &options()).await? {
         match result {

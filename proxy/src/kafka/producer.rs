@@ -18,6 +18,7 @@ use crate::kafka::health::{ClientHealth, Policy, is_connectivity_error};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::qos0::{self, Qos0Budget};
 use crate::kafka::record::headers_of;
+use crate::kafka::security::{SecurityWatch, WatchedContext};
 use crate::metrics::Metrics;
 
 /// A record could not be written.
@@ -35,9 +36,12 @@ pub enum PublishError {
     Qos0Backlog,
 }
 
+/// The librdkafka producer, whose connection refusals reach a [`SecurityWatch`].
+type WatchedProducer = FutureProducer<WatchedContext>;
+
 /// The producer in use and what it has seen; replaced together.
 struct Current {
-    producer: Arc<FutureProducer>,
+    producer: Arc<WatchedProducer>,
     /// Counts replacements, so late results of a replaced producer are not held against
     /// its successor.
     generation: u64,
@@ -56,6 +60,8 @@ pub struct Publisher {
     qos0: Arc<Qos0Budget>,
     /// The producer's own settings, for the QoS 0 share.
     properties: Vec<(String, String)>,
+    /// Why the broker refused the producer's connections, if it did.
+    refusals: Arc<SecurityWatch>,
 }
 
 fn lock(current: &Mutex<Current>) -> MutexGuard<'_, Current> {
@@ -64,12 +70,14 @@ fn lock(current: &Mutex<Current>) -> MutexGuard<'_, Current> {
 }
 
 impl Publisher {
-    /// `properties` are extra librdkafka settings (security, SASL, ...) from the config.
+    /// `properties` are extra librdkafka settings (security, SASL, ...) from the config;
+    /// connection refusals (wrong credentials, a failed TLS handshake) go to `refusals`.
     pub fn new(
         bootstrap: &str,
         properties: &[(String, String)],
         retained_topic: &str,
         delivery_timeout: Duration,
+        refusals: Arc<SecurityWatch>,
     ) -> Result<Self, KafkaError> {
         let mut config = ClientConfig::new();
         config
@@ -85,9 +93,10 @@ impl Publisher {
         for (key, value) in properties {
             config.set(key, value);
         }
-        let producer = Arc::new(config.create()?);
+        let producer = Arc::new(config.create_with_context(WatchedContext::new(Arc::clone(&refusals)))?);
         Ok(Self {
             config,
+            refusals,
             current: Arc::new(Mutex::new(Current {
                 producer,
                 generation: 0,
@@ -107,7 +116,7 @@ impl Publisher {
         self
     }
 
-    fn producer(&self) -> (Arc<FutureProducer>, u64) {
+    fn producer(&self) -> (Arc<WatchedProducer>, u64) {
         let current = lock(&self.current);
         (Arc::clone(&current.producer), current.generation)
     }
@@ -180,7 +189,12 @@ impl Publisher {
                     if let Some((code, reason)) = &fatal {
                         current.health.fatal(&format!("{code:?}: {reason}"));
                     }
-                    readiness.report(PRODUCER, current.health.problem(now));
+                    // A failing producer whose broker refused it says why.
+                    let problem = current
+                        .health
+                        .problem(now)
+                        .map(|problem| publisher.refusals.problem(now).unwrap_or(problem));
+                    readiness.report(PRODUCER, problem);
                     current.health.should_replace(now, &policy)
                 };
                 if replace {
@@ -194,7 +208,10 @@ impl Publisher {
     /// deliver what it holds; what it cannot deliver fails (a negative acknowledgement to
     /// the client, never a false positive one).
     fn replace(&self, metrics: &Metrics) {
-        let fresh = match self.config.create::<FutureProducer>() {
+        let fresh = match self
+            .config
+            .create_with_context::<_, WatchedProducer>(WatchedContext::new(Arc::clone(&self.refusals)))
+        {
             Ok(fresh) => Arc::new(fresh),
             Err(error) => {
                 tracing::error!(%error, "a new Kafka producer could not be created; keeping the old one");

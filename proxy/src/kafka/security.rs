@@ -3,7 +3,8 @@
 //! With wrong SASL credentials, a CA that does not sign the broker's certificate, or a
 //! `security.protocol` that does not match the broker's listener, librdkafka never fails a
 //! request with the cause: requests time out, and the cause reaches only the client's error
-//! callback. [`WatchedContext`] catches those callbacks, [`classify`] (pure) names the
+//! callback. [`WatchedContext`] (the producer's context: its polling thread runs the
+//! callbacks) catches them, [`classify`] (pure) names the
 //! cause, and [`SecurityWatch`] keeps the latest one so readiness can say
 //! "SASL authentication failed" instead of "timed out".
 

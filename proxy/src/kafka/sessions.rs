@@ -598,7 +598,14 @@ mod tests {
     use crate::broker::session::{ConnectRequest, connect};
 
     fn store() -> SessionStore {
-        let publisher = Publisher::new("127.0.0.1:1", &[], "r", Duration::from_secs(1)).expect("producer");
+        let publisher = Publisher::new(
+            "127.0.0.1:1",
+            &[],
+            "r",
+            Duration::from_secs(1),
+            crate::kafka::security::SecurityWatch::new(),
+        )
+        .expect("producer");
         SessionStore::new("p9", "s", 3, Arc::new(publisher))
     }
 
