@@ -8,7 +8,8 @@
 //! record decoded once and handed to every request whose range holds it and whose
 //! subscriptions may want it. So 10 000 sessions coming back read the missed range a few
 //! times, not 10 000 times. A request whose subscriber does not keep up is let go (its
-//! receiver ends early) and asks again from where it got to.
+//! receiver ends early) and asks again from where it got to; a sweep serving one subscriber
+//! waits for it a moment first ([`ALONE_WAIT`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +83,25 @@ impl Request {
         self.to
             .iter()
             .all(|(p, end)| positions.get(p).is_some_and(|at| at >= end) || self.from.get(p).is_none_or(|f| f >= end))
+    }
+}
+
+/// How long a sweep with one subscriber waits for it to take the next record before
+/// letting it go. Letting go costs a new sweep (a gather, an assignment, a fetch from
+/// Kafka); a subscriber that reads steadily but slower than Kafka (QoS 1 with a small
+/// window) would otherwise pay that every READ_AHEAD records. A sweep with several
+/// subscribers never waits for one of them.
+const ALONE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (up to [`ALONE_WAIT`]) until each request of `list` that takes the record at
+/// `partition`/`offset` (with `key`; `None`: a progress marker) has room for it.
+async fn wait_for_room(list: &[Request], partition: i32, offset: i64, key: Option<&str>) {
+    for r in list {
+        if r.tx.capacity() == 0 && r.covers(partition, offset) && key.is_none_or(|key| (r.wants)(key)) {
+            // The permit is dropped at once: this sweep is the only sender, so the room
+            // stays free for the `try_send` that follows.
+            let _ = tokio::time::timeout(ALONE_WAIT, r.tx.reserve()).await;
+        }
     }
 }
 
@@ -250,10 +270,14 @@ impl Replayer {
                         targets.sort_unstable();
                         targets.dedup();
                         let mut message: Option<Option<Message>> = None;
+                        let alone = requests.len() == 1;
                         for requester in targets {
                             let Some(list) = requests.get_mut(&requester) else {
                                 continue;
                             };
+                            if alone {
+                                wait_for_room(list, partition, offset, Some(key)).await;
+                            }
                             list.retain_mut(|r| {
                                 if !r.covers(partition, offset) || !(r.wants)(key) {
                                     return true;
@@ -280,6 +304,11 @@ impl Replayer {
                         skips.record_error(&record, &error);
                     }
                     if read.is_multiple_of(PROGRESS_EVERY) {
+                        if requests.len() == 1 {
+                            for list in requests.values() {
+                                wait_for_room(list, partition, offset, None).await;
+                            }
+                        }
                         progress(&mut requests, Some((partition, offset)), &positions);
                     }
                 }

@@ -12,7 +12,7 @@ mod outbound;
 
 use authorize::AckError;
 
-use outbound::recv_replay;
+use outbound::{recv_replay, try_recv_replay};
 
 use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
@@ -511,7 +511,18 @@ impl Connection {
                     }
                     step
                 }
-                replayed = recv_replay(&mut self.replay), if replay_open => Box::pin(self.on_replayed(transport, replayed)).await,
+                replayed = recv_replay(&mut self.replay), if replay_open => {
+                    // As with live deliveries: what else the catch-up has ready goes out
+                    // with the same flush.
+                    let mut step = Box::pin(self.on_replayed(transport, replayed)).await;
+                    let mut batch = 1;
+                    while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
+                        let Some(next) = try_recv_replay(&mut self.replay) else { break };
+                        step = Box::pin(self.on_replayed(transport, Some(next))).await;
+                        batch += 1;
+                    }
+                    step
+                }
                 () = lagging.notified() => {
                     self.catch_up_wanted = true;
                     Ok(())

@@ -56,8 +56,9 @@ impl Connection {
         let message = &outgoing.message;
         if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
             self.origins.insert(id.get(), origin.clone());
-            // A share keeps its messages itself (see `Outgoing::shared`).
-            if !dup && !outgoing.shared {
+            // A share keeps its messages itself (see `Outgoing::shared`); a session that
+            // ends with the connection is never resumed, so it keeps no record of them.
+            if !dup && !outgoing.shared && self.session.is_persistent() {
                 self.session.outbound.push(StoredOutbound {
                     packet_id: id.get(),
                     topic: origin.topic.to_string(),
@@ -154,7 +155,9 @@ impl Connection {
     }
 
     fn outbound_entry(&mut self, id: NonZeroU16, origin: &Origin) -> Option<&mut StoredOutbound> {
-        self.session.outbound.iter_mut().find(|o| {
+        // From the newest: completed entries pile up at the front until the next save
+        // prunes them (thousands at a high rate), the ones in flight are near the end.
+        self.session.outbound.iter_mut().rev().find(|o| {
             o.packet_id == id.get()
                 && !o.completed
                 && o.partition == origin.partition
@@ -353,6 +356,12 @@ impl Connection {
         self.hub.replayed_to(self.id, &topic, partition, offset + 1);
         step
     }
+}
+
+/// A record of the catch-up under way that is ready now. (An ended catch-up is left to
+/// [`recv_replay`], which hands its end to `on_replayed`.)
+pub(super) fn try_recv_replay(replay: &mut Option<Replay>) -> Option<Replayed> {
+    replay.as_mut()?.1.records.try_recv().ok()
 }
 
 /// The next record of the catch-up under way (pending forever when there is none).
