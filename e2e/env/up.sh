@@ -91,7 +91,7 @@ kafka_tls() {
 # through the plaintext listener.
 kafka_scram_user() {
   local password; password="$(cat "$KAFKA_TLS_DIR/sasl-password")"
-  java -Xmx256m -cp "$KAFKA_LIB_DIR/*" "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" \
+  java -Xmx256m -cp "$KAFKA_LIB_DIR/*" "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" "-Dkafka.logs.dir=$KAFKA_DIR/logs/tools" \
     kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
     --add-config "SCRAM-SHA-512=[iterations=8192,password=$password]" \
     --entity-type users --entity-name "$KAFKA_SASL_USER" >"$KAFKA_DIR/logs/scram-user.log" 2>&1 \
@@ -111,7 +111,7 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$KAFKA_TLS_DIR/ca.crt
 PROPS
   chmod 600 "$client"
-  java -Xmx256m -cp "$KAFKA_LIB_DIR/*" "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" \
+  java -Xmx256m -cp "$KAFKA_LIB_DIR/*" "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" "-Dkafka.logs.dir=$KAFKA_DIR/logs/tools" \
     kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_SASL_PORT" --command-config "$client" \
     --describe --entity-type users --entity-name "$KAFKA_SASL_USER" 2>/dev/null | grep -q 'SCRAM-SHA-512'
 }
