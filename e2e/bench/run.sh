@@ -63,13 +63,17 @@ run_id="bench-$$"
 dir="$STATE/bench"
 mkdir -p "$dir"
 # Equivalent limits: no connection cap, keep-alive uncapped (the generator asks 600 s),
-# 100 QoS 1 messages in flight towards a client, deep queues so that neither drops.
+# 100 QoS 1 messages in flight towards a client, deep queues: Mosquitto holds up to a
+# million messages per client in memory, and so does the proxy before a subscriber counts
+# as lagging (by default it reads from Kafka past 16 384 messages or 4 MiB; nothing is
+# lost either way, but a catch-up from Kafka is slower than memory).
 cat > "$dir/proxy.yaml" <<YAML
 listeners: [{name: mqtt, protocol: tcp, address: "127.0.0.1:$PROXY_PORT"}]
 admin: {address: "127.0.0.1:$ADMIN_PORT"}
 kafka: {bootstrapServers: "$KAFKA_BOOTSTRAP"}
 topics: {messages: $run_id-messages, retained: $run_id-retained, sessions: $run_id-sessions}
-mqtt: {maxConnections: 4000000000, maxKeepAlive: 0, maxInflightOutbound: 100, receiveMaximum: 1000}
+mqtt: {maxConnections: 4000000000, maxKeepAlive: 0, maxInflightOutbound: 100, receiveMaximum: 1000,
+       maxQueuedMessages: 1000000, maxQueuedBytes: 1073741824}
 YAML
 cat > "$dir/mosquitto.conf" <<CONF
 listener $MOSQUITTO_PORT 127.0.0.1

@@ -64,12 +64,6 @@ pub enum ServerError {
     },
 }
 
-/// Deliveries that may wait in memory for one connection, by count and by bytes, before
-/// it counts as lagging and reads the rest from Kafka itself: enough to absorb bursts,
-/// bounded so that a stalled client holds at most this much whatever its lag.
-const DELIVERY_QUEUE: usize = 16_384;
-const DELIVERY_QUEUE_BYTES: usize = 4 << 20;
-
 /// Start-up choices that are not part of the config file.
 #[derive(Clone, Debug, Default)]
 pub struct StartOptions {
@@ -284,8 +278,9 @@ async fn connect_kafka(
         IdentityPatterns::parse(&config.clients)?,
         Arc::clone(&publisher),
         Arc::clone(metrics),
-        DELIVERY_QUEUE,
-        DELIVERY_QUEUE_BYTES,
+        // Bounded so that a stalled client holds at most this much, whatever its lag.
+        usize::try_from(config.mqtt.max_queued_messages).unwrap_or(usize::MAX),
+        usize::try_from(config.mqtt.max_queued_bytes).unwrap_or(usize::MAX),
     ));
     let mut topics = hub.messages_topics();
     topics.push(config.topics.sessions.clone());

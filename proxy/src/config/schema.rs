@@ -450,6 +450,14 @@ pub struct Mqtt {
     pub max_inflight_outbound: u16,
     /// Longest Session Expiry Interval granted, in seconds (0 = sessions end at disconnect).
     pub session_expiry_max: u32,
+    /// Deliveries that may wait in memory for one connection (by count) before it counts
+    /// as lagging and reads what it missed from Kafka itself: nothing is lost either way,
+    /// a larger queue only absorbs longer bursts (Mosquitto's `max_queued_messages`).
+    #[schemars(range(min = 1))]
+    pub max_queued_messages: u32,
+    /// The same bound by payload bytes (Mosquitto's `max_queued_bytes`).
+    #[schemars(range(min = 1))]
+    pub max_queued_bytes: u64,
 }
 
 impl Default for Mqtt {
@@ -466,6 +474,8 @@ impl Default for Mqtt {
             max_connections: 100_000,
             max_inflight_outbound: 64,
             session_expiry_max: 86_400,
+            max_queued_messages: 16_384,
+            max_queued_bytes: 4 << 20,
         }
     }
 }

@@ -472,6 +472,10 @@ fails! {
     max_connections_zero: with("mqtt: {maxConnections: 0}\n") => "mqtt.maxConnections", "got 0";
     max_inflight_outbound_zero: with("mqtt: {maxInflightOutbound: 0}\n")
         => "mqtt.maxInflightOutbound", "got 0";
+    max_queued_messages_zero: with("mqtt: {maxQueuedMessages: 0}\n")
+        => "mqtt.maxQueuedMessages", "got 0";
+    max_queued_bytes_zero: with("mqtt: {maxQueuedBytes: 0}\n")
+        => "mqtt.maxQueuedBytes", "got 0";
     route_without_conditions: with("routes: [{when: [], with: {messages: m}}]\n")
         => "routes[0].when", "at least one condition";
     route_condition_without_topics: with("routes: [{when: [{subscribe: []}], with: {messages: m}}]\n")

@@ -285,6 +285,12 @@ impl Config {
         if mqtt.max_inflight_outbound == 0 {
             v.err("mqtt.maxInflightOutbound", "must be 1..=65535, got 0");
         }
+        if mqtt.max_queued_messages == 0 {
+            v.err("mqtt.maxQueuedMessages", format!("must be 1..={}, got 0", u32::MAX));
+        }
+        if mqtt.max_queued_bytes == 0 {
+            v.err("mqtt.maxQueuedBytes", format!("must be 1..={}, got 0", u64::MAX));
+        }
     }
 
     fn validate_routes(&self, v: &mut Validator) {
