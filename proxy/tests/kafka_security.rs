@@ -5,22 +5,18 @@
 
 mod support;
 
-use std::time::Duration;
-
-use mqtt_kafka_proxy::config::{Config, Kafka, Listener, ListenerProtocol};
-use mqtt_kafka_proxy::server::{self, StartOptions};
+use mqtt_kafka_proxy::config::{Config, Kafka};
 use mqtt_kafka_testenv::{KafkaSasl, unique_name};
 use rdkafka::Message as _;
 use rumqttc::v5::mqttbytes::QoS;
 use support::{Client, KafkaReader, TestProxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn sasl() -> KafkaSasl {
     KafkaSasl::load().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A proxy config for the SASL_SSL listener on fresh topics; `password_file` and `ca_file`
-/// replace the environment's own when given.
+/// A proxy config for the SASL_SSL listener on fresh topics, with the password read from
+/// `password_file` and the broker checked against `ca_file`.
 fn sasl_config(sasl: &KafkaSasl, password_file: &str, ca_file: &str) -> Config {
     let mut kafka = Kafka::new(sasl.bootstrap.clone());
     for (key, value) in [
@@ -34,21 +30,7 @@ fn sasl_config(sasl: &KafkaSasl, password_file: &str, ca_file: &str) -> Config {
     kafka
         .properties_from_files
         .insert("sasl.password".to_owned(), password_file.to_owned());
-    let mut config = Config::new(kafka);
-    let prefix = unique_name("t-sasl");
-    config.topics.messages = format!("{prefix}-messages");
-    config.topics.retained = format!("{prefix}-retained");
-    config.topics.sessions = format!("{prefix}-sessions");
-    config.listeners = vec![Listener {
-        name: "mqtt".into(),
-        protocol: ListenerProtocol::Tcp,
-        address: "127.0.0.1:0".into(),
-        path: None,
-        tls: None,
-        server_reference: None,
-    }];
-    config.admin.address = "127.0.0.1:0".into();
-    config
+    support::test_config(kafka)
 }
 
 fn write_temp(name: &str, text: &str) -> String {
@@ -57,41 +39,9 @@ fn write_temp(name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Starts the proxy on `config` with set-up retried, and polls `/readyz` until its body
-/// contains `expected` (or 60 s pass); returns the last status line and body.
-async fn readiness_while_refused(mut config: Config, expected: &str) -> String {
-    let admin_port = free_port();
-    config.admin.address = format!("127.0.0.1:{admin_port}");
-    let options = StartOptions {
-        create_topics: true,
-        partitions: 1,
-        retry_kafka: true,
-        metadata_refresh: None,
-        client_policy: None,
-    };
-    let starting = tokio::spawn(server::start(config, options));
-    let mut answer = String::new();
-    for _ in 0..120 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await else {
-            continue;
-        };
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        answer.clear();
-        s.read_to_string(&mut answer).await.expect("read");
-        if answer.contains(expected) {
-            break;
-        }
-    }
+/// `/readyz` once it names `expected` (or after 60 s), with set-up still retrying.
+async fn readiness_while_refused(config: Config, expected: &str) -> String {
+    let (answer, starting) = support::readiness_while_starting(config, |answer| answer.contains(expected)).await;
     assert!(
         !starting.is_finished(),
         "set-up keeps retrying instead of failing: {answer}"

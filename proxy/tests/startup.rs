@@ -4,18 +4,13 @@
 use std::process::Command;
 use std::time::Duration;
 
+mod support;
+
 use mqtt_kafka_proxy::config::{Config, Kafka};
-use mqtt_kafka_proxy::server::{self, StartOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use mqtt_kafka_proxy::server;
+use support::processes::free_port;
 
 const PROXY: &str = env!("CARGO_BIN_EXE_mqtt-kafka-proxy");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn write_config(text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!(
@@ -59,32 +54,9 @@ fn check_prints_the_config_with_defaults_and_refuses_a_bad_one_naming_the_key() 
 async fn an_unreachable_kafka_gives_readiness_false_and_set_up_is_retried() {
     // Nothing listens on this port: Kafka is "down".
     let kafka_port = free_port();
-    let admin_port = free_port();
     let mut config = Config::new(Kafka::new(format!("127.0.0.1:{kafka_port}")));
-    config.admin.address = format!("127.0.0.1:{admin_port}");
     config.listeners[0].address = "127.0.0.1:0".into();
-    let options = StartOptions {
-        create_topics: true,
-        partitions: 1,
-        retry_kafka: true,
-        metadata_refresh: None,
-        client_policy: None,
-    };
-    let starting = tokio::spawn(server::start(config, options));
-
-    let mut answer = String::new();
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await else {
-            continue;
-        };
-        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        answer.clear();
-        s.read_to_string(&mut answer).await.expect("read");
-        break;
-    }
+    let (answer, starting) = support::readiness_while_starting(config, |_| true).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("Kafka is not reachable"), "{answer}");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -114,14 +86,7 @@ async fn a_sessions_topic_that_is_not_compacted_is_refused_with_the_fix() {
         .await
         .expect("create");
 
-    let options = StartOptions {
-        create_topics: true,
-        partitions: 1,
-        retry_kafka: true,
-        metadata_refresh: None,
-        client_policy: None,
-    };
-    let error = match server::start(config, options).await {
+    let error = match server::start(config, support::retrying_options()).await {
         Ok(_) => panic!("started on a non-compacted sessions topic"),
         Err(error) => error.to_string(),
     };

@@ -64,6 +64,15 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// `key` from the process environment, else from the environment file's `from_file`.
+fn env_value(from_file: &HashMap<String, String>, key: &'static str) -> Result<String, EnvError> {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| from_file.get(key).cloned())
+        .ok_or_else(|| EnvError::Missing { key, file: env_file() })
+}
+
 /// `KEY=VALUE` of the environment file.
 fn env_file_values() -> HashMap<String, String> {
     std::fs::read_to_string(env_file())
@@ -83,18 +92,8 @@ impl TestEnv {
 
     /// Reads the connection details without checking that anything runs.
     pub fn load() -> Result<Self, EnvError> {
-        let file = env_file();
         let from_file = env_file_values();
-        let get = |key: &'static str| {
-            std::env::var(key)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .or_else(|| from_file.get(key).cloned())
-                .ok_or_else(|| EnvError::Missing {
-                    key,
-                    file: file.clone(),
-                })
-        };
+        let get = |key| env_value(&from_file, key);
         Ok(Self {
             kafka_bootstrap: get("KAFKA_BOOTSTRAP")?,
             kubeconfig: PathBuf::from(get("KUBECONFIG")?),
@@ -119,18 +118,8 @@ impl KafkaSasl {
     /// Reads the listener's details from the environment file (an environment started
     /// before the listener existed lacks them: `make env-up` adds them).
     pub fn load() -> Result<Self, EnvError> {
-        let file = env_file();
-        let values = env_file_values();
-        let get = |key: &'static str| {
-            std::env::var(key)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .or_else(|| values.get(key).cloned())
-                .ok_or_else(|| EnvError::Missing {
-                    key,
-                    file: file.clone(),
-                })
-        };
+        let from_file = env_file_values();
+        let get = |key| env_value(&from_file, key);
         Ok(Self {
             bootstrap: get("KAFKA_SASL_BOOTSTRAP")?,
             mechanism: get("KAFKA_SASL_MECHANISM")?,

@@ -24,6 +24,66 @@ pub mod processes;
 pub const PARTITIONS: i32 = 3;
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A config for `kafka` on topics of its own, with one TCP listener and the admin
+/// endpoint on free loopback ports.
+pub fn test_config(kafka: Kafka) -> Config {
+    let mut config = Config::new(kafka);
+    let prefix = unique_name("t");
+    config.topics.messages = format!("{prefix}-messages");
+    config.topics.retained = format!("{prefix}-retained");
+    config.topics.sessions = format!("{prefix}-sessions");
+    config.listeners = vec![Listener {
+        name: "mqtt".into(),
+        protocol: ListenerProtocol::Tcp,
+        address: "127.0.0.1:0".into(),
+        path: None,
+        tls: None,
+        server_reference: None,
+    }];
+    config.admin.address = "127.0.0.1:0".into();
+    config
+}
+
+/// Start-up as the binary does it: topics created (one partition), Kafka set-up retried.
+pub fn retrying_options() -> StartOptions {
+    StartOptions {
+        create_topics: true,
+        partitions: 1,
+        retry_kafka: true,
+        metadata_refresh: None,
+        client_policy: None,
+    }
+}
+
+/// Starts a proxy on `config` with Kafka set-up retried (as the binary does) and its admin
+/// endpoint on a free port, then reads `/readyz` every half second until `done` says the
+/// answer is the one awaited, or 60 s pass. Returns the last answer (status line, headers,
+/// body) and the start-up task, still under way.
+pub async fn readiness_while_starting(
+    mut config: Config,
+    done: impl Fn(&str) -> bool,
+) -> (String, tokio::task::JoinHandle<Result<Server, server::ServerError>>) {
+    let admin_port = processes::free_port();
+    config.admin.address = format!("127.0.0.1:{admin_port}");
+    let starting = tokio::spawn(server::start(config, retrying_options()));
+    let mut answer = String::new();
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin_port)).await else {
+            continue;
+        };
+        s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        answer.clear();
+        s.read_to_string(&mut answer).await.expect("read");
+        if done(&answer) {
+            break;
+        }
+    }
+    (answer, starting)
+}
+
 /// A proxy on loopback with topics of its own.
 pub struct TestProxy {
     pub server: Server,
@@ -38,20 +98,7 @@ impl TestProxy {
     /// Starts a proxy on fresh topics after `adjust` changed the default config.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
-        let mut config = Config::new(Kafka::new(bootstrap));
-        let prefix = unique_name("t");
-        config.topics.messages = format!("{prefix}-messages");
-        config.topics.retained = format!("{prefix}-retained");
-        config.topics.sessions = format!("{prefix}-sessions");
-        config.listeners = vec![Listener {
-            name: "mqtt".into(),
-            protocol: ListenerProtocol::Tcp,
-            address: "127.0.0.1:0".into(),
-            path: None,
-            tls: None,
-            server_reference: None,
-        }];
-        config.admin.address = "127.0.0.1:0".into();
+        let mut config = test_config(Kafka::new(bootstrap));
         adjust(&mut config);
         Self::start_on(config).await
     }
