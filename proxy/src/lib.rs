@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod kafka;
+pub mod latch;
 pub mod listener;
 pub mod log_limit;
 pub mod metrics;

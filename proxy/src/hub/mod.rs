@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 mod dispatch;
 mod queue;
@@ -34,6 +34,7 @@ use crate::broker::routes::RouteTable;
 use crate::broker::subscriptions::{Subscription, SubscriptionIndex};
 use crate::kafka::consumer::RecordSink;
 use crate::kafka::producer::{PublishError, Publisher};
+use crate::latch::Latch;
 use crate::metrics::Metrics;
 
 /// Identifies one live connection of this process.
@@ -84,7 +85,7 @@ pub struct Registration {
     pub deliveries: QueueReceiver,
     /// Becomes `Some` when the connection is to be closed (takeover, moved elsewhere,
     /// shutdown).
-    pub kicked: watch::Receiver<Option<Kick>>,
+    pub kicked: Arc<Latch<Kick>>,
     /// Notified when the connection starts lagging on a topic (see [`Hub::rejoin`]).
     pub lagging: Arc<Notify>,
 }
@@ -136,7 +137,7 @@ struct Live {
     /// The listener it connected on: a redirect sends it to the same kind of listener.
     listener: Arc<str>,
     deliveries: QueueSender,
-    kick: watch::Sender<Option<Kick>>,
+    kick: Arc<Latch<Kick>>,
     tracking: Mutex<Tracking>,
     lagging: Arc<Notify>,
     /// A shared subscription's dispatcher, not a client connection.
@@ -257,7 +258,8 @@ impl Hub {
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliveries_tx, deliveries) = queue::channel(self.queue_capacity, self.queue_bytes);
-        let (kick, kicked) = watch::channel(None);
+        let kick = Latch::new();
+        let kicked = Arc::clone(&kick);
         let mut tracking = Tracking::default();
         for (topic, stored) in resume_from {
             let Some(fanout) = self.fanout.get(topic) else { continue };
@@ -302,10 +304,10 @@ impl Hub {
         if let Some(previous) = previous
             && let Some(old) = read(&self.live).get(&previous)
         {
-            old.kick.send_replace(Some(Kick {
+            old.kick.raise(Kick {
                 reason: SESSION_TAKEN_OVER,
                 server_reference: None,
-            }));
+            });
         }
         Registration {
             id,
@@ -349,7 +351,7 @@ impl Hub {
     /// Tells connection `id` to close.
     pub fn kick(&self, id: ConnId, kick: Kick) {
         if let Some(connection) = read(&self.live).get(&id) {
-            connection.kick.send_replace(Some(kick));
+            connection.kick.raise(kick);
         }
     }
 

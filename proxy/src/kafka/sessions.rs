@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::broker::message::now_ms;
 use crate::broker::session::{DecodeError, SessionState};
@@ -21,6 +21,7 @@ use crate::cluster::ownership;
 use crate::cluster::share_cursor::{self, ShareCursor};
 use crate::kafka::partitioner::partition_for;
 use crate::kafka::producer::{PublishError, Publisher};
+use crate::latch::Latch;
 
 /// A session could not be read or stored.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A connection's interest in its own session: told when a newer generation appears.
 struct Watcher {
     generation: u64,
-    taken_over: watch::Sender<bool>,
+    taken_over: Arc<Latch<()>>,
 }
 
 /// The server of each messages partition of one share.
@@ -460,7 +461,7 @@ impl SessionStore {
         if let Some(watcher) = locked(&self.watchers).get(&client_id)
             && watcher.generation < generation
         {
-            watcher.taken_over.send_replace(true);
+            watcher.taken_over.raise(());
         }
         None
     }
@@ -577,8 +578,9 @@ impl SessionStore {
 
     /// Becomes true when a CONNECT of `client_id` newer than `generation` is stored by
     /// any process.
-    pub fn watch(&self, client_id: &str, generation: u64) -> watch::Receiver<bool> {
-        let (taken_over, receiver) = watch::channel(false);
+    pub fn watch(&self, client_id: &str, generation: u64) -> Arc<Latch<()>> {
+        let taken_over = Latch::new();
+        let receiver = Arc::clone(&taken_over);
         locked(&self.watchers).insert(client_id.to_owned(), Watcher { generation, taken_over });
         receiver
     }

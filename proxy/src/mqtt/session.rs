@@ -95,9 +95,11 @@ pub async fn open(hub: &Arc<Hub>, store: &Arc<SessionStore>, request: ConnectReq
     store.catch_up(&request.client_id).await?;
     let client_id = request.client_id.clone();
     let mut outcome = session::connect(store.get(&client_id).as_ref(), request, now_ms());
-    if !outcome.session_present {
+    if !outcome.session_present && outcome.state.is_persistent() {
         // A new session has seen nothing yet: were its process to die before it stores
-        // positions, its messages would be read from here.
+        // positions, its messages would be read from here. A session that ends with its
+        // connection is never resumed and carries none (issue 9: the positions of every
+        // partition were most of what an idle clean-session connection held).
         outcome.state.positions = hub.fanout_positions();
     }
     store.store(&outcome.state).await?;

@@ -92,6 +92,7 @@ impl Connection {
             (Some(id), Version::V5) => {
                 self.pending_ids.insert(id.get());
                 self.pending_acks
+                    .get_or_insert_with(FuturesOrdered::new)
                     .push_back(Box::pin(std::future::ready((id, qos, Err(AckError::NotAuthorized)))));
                 Ok(false)
             }

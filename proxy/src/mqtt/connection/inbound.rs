@@ -170,12 +170,17 @@ impl Connection {
         match packet_id {
             // Polled by the connection loop (no task per message); records are already
             // queued in the producer, so they reach Kafka even if the connection ends first.
-            None => self.qos0_deliveries.push(Box::pin(delivery)),
+            None => self
+                .qos0_deliveries
+                .get_or_insert_with(FuturesUnordered::new)
+                .push(Box::pin(delivery)),
             Some(id) => {
                 self.pending_ids.insert(id.get());
-                self.pending_acks.push_back(Box::pin(
-                    async move { (id, qos, delivery.await.map_err(AckError::Kafka)) },
-                ));
+                self.pending_acks
+                    .get_or_insert_with(FuturesOrdered::new)
+                    .push_back(Box::pin(
+                        async move { (id, qos, delivery.await.map_err(AckError::Kafka)) },
+                    ));
             }
         }
         Ok(())

@@ -29,17 +29,17 @@ use rmqtt_codec::v5::{
     PublishAckReason, SubscribeAckReason, ToReasonCode, UserProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::auth::policy::Principal;
 use crate::broker::message::{MessageProperties, now_ms};
 use crate::broker::session::{ConnectRequest, Departure, SessionState, prune_outbound};
 use crate::cluster::ownership::{self, Placement};
-use crate::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, Registration, SESSION_TAKEN_OVER};
+use crate::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, QueueReceiver, Registration, SESSION_TAKEN_OVER};
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
+use crate::latch::Latch;
 use crate::listener::deadline::WriteDeadline;
 use crate::listener::linger;
 use crate::listener::{ConnectionSlot, Shared};
@@ -69,16 +69,53 @@ where
     converse(&mut transport, shared, &slot, certificate).await;
     // However it ended, the client can read what was sent last (DISCONNECT, a refusing
     // CONNACK) before the socket closes, also while it is still writing.
-    linger::close(transport.get_mut()).await;
+    Box::pin(linger::close(transport.get_mut())).await;
 }
 
 /// The MQTT conversation: CONNECT, the connection's life, its end.
+///
+/// A task is as large as its largest state, for its whole life. CONNECT handling and the
+/// end each run boxed, so an idle connection's task holds only the connection and its
+/// event loop (issue 9: the task was 5.8 KB, most of what an idle connection cost).
 async fn converse<S>(
     transport: &mut Transport<WriteDeadline<S>>,
     shared: Shared,
     slot: &ConnectionSlot,
     certificate: Option<Principal>,
 ) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    // A `let`, not an `if let`: the boxed CONNECT future is a temporary of the statement
+    // and is freed here, not kept for the life of the connection.
+    let Some(Established {
+        mut connection,
+        registration,
+        taken_over,
+        keep_alive,
+    }) = Box::pin(establish(transport, shared, slot, certificate)).await
+    else {
+        return;
+    };
+    let ending = connection.run(transport, registration, taken_over, keep_alive).await;
+    Box::pin(connection.finish(transport, ending)).await;
+}
+
+/// A connection whose CONNECT was accepted and answered.
+struct Established {
+    connection: Connection,
+    registration: Registration,
+    taken_over: Arc<Latch<()>>,
+    keep_alive: u16,
+}
+
+/// CONNECT: read, checked, redirected or refused, or its session opened and CONNACK sent.
+async fn establish<S>(
+    transport: &mut Transport<WriteDeadline<S>>,
+    shared: Shared,
+    slot: &ConnectionSlot,
+    certificate: Option<Principal>,
+) -> Option<Established>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let Shared {
@@ -96,23 +133,23 @@ async fn converse<S>(
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
         Ok(Some(Ok(other))) => {
             tracing::debug!(packet = ?other.packet_type(), "first packet is not CONNECT; closing");
-            return;
+            return None;
         }
         Ok(Some(Err(error))) => {
             refuse_undecodable_connect(transport, &error).await;
-            return;
+            return None;
         }
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(_) => {
             // No CONNECT in time: MQTT has no packet to say so before CONNECT, so the
             // connection is closed, but counted and logged rather than silently.
             hub.metrics().disconnects.with_label_values(&["connect_timeout"]).inc();
             tracing::debug!(?connect_timeout, "no CONNECT in time; closing");
-            return;
+            return None;
         }
     };
     let Some(version) = transport.codec().version() else {
-        return;
+        return None;
     };
     let refuse = async |transport: &mut Transport<WriteDeadline<S>>, reason: ConnectAckReason| {
         hub.metrics()
@@ -122,6 +159,7 @@ async fn converse<S>(
         let _ = transport
             .send(Packet::ConnectAck(Box::new(connect::refusal(reason))))
             .await;
+        None
     };
     let accepted = match connect::accept(&connect, version, &limits, slot.others(), assign_client_id) {
         Ok(accepted) => accepted,
@@ -151,7 +189,7 @@ async fn converse<S>(
             });
             connack.server_reference = Some(ByteString::from(reference));
             let _ = transport.send(Packet::ConnectAck(Box::new(connack))).await;
-            return;
+            return None;
         }
     }
     let expiry_secs = connect.session_expiry_interval_secs.min(limits.session_expiry_max);
@@ -212,9 +250,9 @@ async fn converse<S>(
         origins: HashMap::new(),
         out_aliases: OutboundAliases::new(connect.topic_alias_max),
         in_aliases: InboundAliases::new(limits.topic_alias_maximum),
-        pending_acks: FuturesOrdered::new(),
+        pending_acks: None,
         pending_ids: HashSet::new(),
-        qos0_deliveries: FuturesUnordered::new(),
+        qos0_deliveries: None,
         qos2_received: opened.state.qos2_pending.iter().copied().collect(),
         session: opened.state,
         saved_positions: resume_from,
@@ -245,7 +283,7 @@ async fn converse<S>(
             None,
         ))
         .await;
-        return;
+        return None;
     }
     hub.metrics().connections.inc();
     tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
@@ -253,51 +291,12 @@ async fn converse<S>(
         // A write error here ends the connection in `run` at its first read.
         let _ = Box::pin(connection.resume_outbound(transport)).await;
     }
-    let ending = connection
-        .run(transport, registration, taken_over, accepted.keep_alive)
-        .await;
-    hub.metrics().connections.dec();
-    count_write_timeout(&hub, transport, &connection.client_id);
-    let positions = hub.positions(connection.id);
-    hub.unregister(connection.id, &connection.client_id);
-    sessions.unwatch(&connection.client_id, connection.session.generation);
-    let departure = match &ending {
-        Ending::Normal => Departure::Normal,
-        _ => Departure::Abnormal,
-    };
-    if let Some(reason) = ending.reason() {
-        hub.metrics()
-            .disconnects
-            .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
-            .inc();
-        if version == Version::V5 {
-            let mut disconnect = Disconnect::new(reason);
-            if let Ending::Kicked(kick) = &ending {
-                disconnect.server_reference = kick.server_reference.as_deref().map(ByteString::from);
-            }
-            let _ = transport.send(Packet::Disconnect(disconnect)).await;
-        }
-    }
-    if matches!(ending, Ending::TakenOver) {
-        // The session lives on with the newer connection; only a will without delay is
-        // this connection's to publish (§3.1.4).
-        if let Some(will) = connection.session.will.as_ref().filter(|w| w.delay_secs == 0) {
-            session::publish_will(&hub, will, &connection.client_id);
-        }
-    } else {
-        let mut state = connection.session.clone();
-        state.qos2_pending = connection.qos2_received.iter().copied().collect();
-        prune_outbound(&mut state.outbound, &positions);
-        Box::pin(session::close(
-            &hub,
-            &sessions,
-            &state,
-            positions,
-            departure,
-            connection.expiry_on_disconnect,
-        ))
-        .await;
-    }
+    Some(Established {
+        connection,
+        registration,
+        taken_over,
+        keep_alive: accepted.keep_alive,
+    })
 }
 
 /// A connection that ended because the client stopped reading is counted
@@ -402,10 +401,12 @@ struct Connection {
     out_aliases: OutboundAliases,
     in_aliases: InboundAliases,
     /// QoS 1/2 PUBLISHes waiting for Kafka, in arrival order (acks go out in that order).
-    pending_acks: FuturesOrdered<PendingAck>,
+    /// (`None` until the first: an empty set holds an allocation of its own, and most
+    /// connections are idle devices.)
+    pending_acks: Option<FuturesOrdered<PendingAck>>,
     pending_ids: HashSet<u16>,
     /// Kafka acknowledgements of QoS 0 PUBLISHes, only watched for errors.
-    qos0_deliveries: FuturesUnordered<Qos0Delivery>,
+    qos0_deliveries: Option<FuturesUnordered<Qos0Delivery>>,
     /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
     qos2_received: HashSet<u16>,
     /// The session as stored (subscriptions, will, expiry).
@@ -436,7 +437,7 @@ impl Connection {
         &mut self,
         transport: &mut Transport<S>,
         registration: Registration,
-        mut taken_over: watch::Receiver<bool>,
+        taken_over: Arc<Latch<()>>,
         keep_alive: u16,
     ) -> Ending
     where
@@ -444,7 +445,7 @@ impl Connection {
     {
         let Registration {
             mut deliveries,
-            mut kicked,
+            kicked,
             lagging,
             ..
         } = registration;
@@ -459,8 +460,8 @@ impl Connection {
         let far_future = Duration::from_secs(86_400 * 365);
         let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
         tokio::pin!(deadline);
-        let token_expiry = tokio::time::sleep_until(self.token_deadline.unwrap_or(Instant::now() + far_future));
-        tokio::pin!(token_expiry);
+        // Boxed: most connections have no token deadline and need no timer for it.
+        let mut token_expiry = self.token_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
         let mut paused = false;
         loop {
             if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
@@ -483,12 +484,14 @@ impl Connection {
             // which an idle connection would carry for nothing.
             let step = tokio::select! {
                 biased;
-                _ = kicked.changed() => Err(match kicked.borrow().clone() {
-                    Some(kick) if kick.reason != SESSION_TAKEN_OVER => Ending::Kicked(kick),
-                    _ => Ending::TakenOver,
+                kick = kicked.raised() => Err(if kick.reason == SESSION_TAKEN_OVER {
+                    Ending::TakenOver
+                } else {
+                    Ending::Kicked(kick)
                 }),
-                Ok(()) = taken_over.changed() => Err(Ending::TakenOver),
-                Some((id, qos, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
+                () = taken_over.raised() => Err(Ending::TakenOver),
+                Some((id, qos, result)) = next_of(&mut self.pending_acks), if has_any(&self.pending_acks, FuturesOrdered::is_empty) => {
+                    release_if_empty(&mut self.pending_acks, FuturesOrdered::is_empty);
                     Box::pin(self.on_kafka_ack(transport, id, qos, result)).await
                 }
                 packet = transport.next(), if reading => match packet {
@@ -505,16 +508,7 @@ impl Connection {
                     None => Err(Ending::Abnormal(None)),
                 },
                 Some(outgoing) = deliveries.recv(), if live_open => {
-                    // Take what else is waiting too, so a burst is written with one flush
-                    // instead of one write per message.
-                    let mut step = self.deliver(transport, outgoing).await;
-                    let mut batch = 1;
-                    while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
-                        let Some(next) = deliveries.try_recv() else { break };
-                        step = self.deliver(transport, next).await;
-                        batch += 1;
-                    }
-                    step
+                    Box::pin(self.deliver_batch(transport, outgoing, &mut deliveries)).await
                 }
                 replayed = recv_replay(&mut self.replay), if replay_open => {
                     // As with live deliveries: what else the catch-up has ready goes out
@@ -538,9 +532,12 @@ impl Connection {
                 }
                 // A QoS 0 PUBLISH that did not reach Kafka is counted and logged (rate-limited)
                 // by the producer: one line per message would flood the log in an outage.
-                Some(_) = self.qos0_deliveries.next(), if !self.qos0_deliveries.is_empty() => Ok(()),
+                Some(_) = next_of(&mut self.qos0_deliveries), if has_any(&self.qos0_deliveries, FuturesUnordered::is_empty) => {
+                    release_if_empty(&mut self.qos0_deliveries, FuturesUnordered::is_empty);
+                    Ok(())
+                }
                 _ = &mut deadline, if reading => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
-                () = &mut token_expiry, if self.token_deadline.is_some() => {
+                () = token_expired(&mut token_expiry), if token_expiry.is_some() => {
                     self.hub.metrics().auth_refusals.with_label_values(&["token_expired"]).inc();
                     tracing::info!(client_id = %self.client_id, "token expired: closing the connection");
                     Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
@@ -552,6 +549,76 @@ impl Connection {
             if let Err(ending) = flush(transport).await {
                 return ending;
             }
+        }
+    }
+
+    /// Delivers `first` and what else is waiting, so that a burst is written with one
+    /// flush instead of one write per message. Boxed by the caller: its future exists only
+    /// while deliveries are written.
+    async fn deliver_batch<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        transport: &mut Transport<S>,
+        first: Outgoing,
+        deliveries: &mut QueueReceiver,
+    ) -> Step {
+        let mut step = self.deliver(transport, first).await;
+        let mut batch = 1;
+        while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
+            let Some(next) = deliveries.try_recv() else { break };
+            step = self.deliver(transport, next).await;
+            batch += 1;
+        }
+        step
+    }
+
+    /// The end: the hub and the session store forget the connection, a 5.0 client is told
+    /// why (DISCONNECT), and the session is stored or deleted (a taken-over one lives on).
+    async fn finish<S>(&mut self, transport: &mut Transport<WriteDeadline<S>>, ending: Ending)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let hub = Arc::clone(&self.hub);
+        hub.metrics().connections.dec();
+        count_write_timeout(&hub, transport, &self.client_id);
+        let positions = hub.positions(self.id);
+        hub.unregister(self.id, &self.client_id);
+        self.sessions.unwatch(&self.client_id, self.session.generation);
+        let departure = match &ending {
+            Ending::Normal => Departure::Normal,
+            _ => Departure::Abnormal,
+        };
+        if let Some(reason) = ending.reason() {
+            hub.metrics()
+                .disconnects
+                .with_label_values(&[&format!("{:#04x}", u8::from(reason))])
+                .inc();
+            if self.version == Version::V5 {
+                let mut disconnect = Disconnect::new(reason);
+                if let Ending::Kicked(kick) = &ending {
+                    disconnect.server_reference = kick.server_reference.as_deref().map(ByteString::from);
+                }
+                let _ = transport.send(Packet::Disconnect(disconnect)).await;
+            }
+        }
+        if matches!(ending, Ending::TakenOver) {
+            // The session lives on with the newer connection; only a will without delay is
+            // this connection's to publish (§3.1.4).
+            if let Some(will) = self.session.will.as_ref().filter(|w| w.delay_secs == 0) {
+                session::publish_will(&hub, will, &self.client_id);
+            }
+        } else {
+            let mut state = self.session.clone();
+            state.qos2_pending = self.qos2_received.iter().copied().collect();
+            prune_outbound(&mut state.outbound, &positions);
+            session::close(
+                &hub,
+                &self.sessions,
+                &state,
+                positions,
+                departure,
+                self.expiry_on_disconnect,
+            )
+            .await;
         }
     }
 }
@@ -572,6 +639,35 @@ fn message_properties(
         response_topic,
         correlation_data,
         user_properties,
+    }
+}
+
+/// The next of a set of futures the connection waits on (pending forever without the set).
+async fn next_of<S: futures::Stream + Unpin>(set: &mut Option<S>) -> Option<S::Item> {
+    match set {
+        Some(set) => set.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a set exists and has a future in it.
+fn has_any<S>(set: &Option<S>, is_empty: fn(&S) -> bool) -> bool {
+    set.as_ref().is_some_and(|set| !is_empty(set))
+}
+
+/// Gives back an emptied set's allocation: a device publishes seldom, and between its
+/// messages its connection should hold nothing.
+fn release_if_empty<S>(set: &mut Option<S>, is_empty: fn(&S) -> bool) {
+    if set.as_ref().is_some_and(is_empty) {
+        *set = None;
+    }
+}
+
+/// The token's expiry (pending forever without one).
+async fn token_expired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

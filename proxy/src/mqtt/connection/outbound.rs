@@ -56,9 +56,7 @@ impl Connection {
         let message = &outgoing.message;
         if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
             self.origins.insert(id.get(), origin.clone());
-            // A share keeps its messages itself (see `Outgoing::shared`); a session that
-            // ends with the connection is never resumed, so it keeps no record of them.
-            if !dup && !outgoing.shared && self.session.is_persistent() {
+            if self.session.keeps_outbound(dup, outgoing.shared) {
                 self.session.outbound.push(StoredOutbound {
                     packet_id: id.get(),
                     topic: origin.topic.to_string(),

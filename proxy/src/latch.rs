@@ -1,0 +1,96 @@
+//! A value one side raises and the other awaits: how a connection learns that it is to end
+//! (kicked by the hub, taken over by a newer session).
+//!
+//! tokio's `watch` channel did this before, but its shared state carries eight `Notify`s
+//! (about 370 bytes) and every connection had two: most of what the hub and the session
+//! store held per idle connection (issue 9). A latch is one mutex-guarded value and one
+//! `Notify`, and a connection awaits it with one waiter.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// Raised at most once that counts: the first value stays, later ones are ignored.
+#[derive(Debug)]
+pub struct Latch<T> {
+    value: Mutex<Option<T>>,
+    notify: Notify,
+}
+
+impl<T: Clone> Latch<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            value: Mutex::new(None),
+            notify: Notify::new(),
+        })
+    }
+
+    /// Sets the value unless it is set already, and wakes the waiter (or leaves it a
+    /// permit, so a raise between its check and its wait is not lost).
+    pub fn raise(&self, value: T) {
+        {
+            let mut slot = self.value.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(value);
+        }
+        self.notify.notify_one();
+    }
+
+    /// The value, if raised.
+    pub fn get(&self) -> Option<T> {
+        self.value
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits until the value is raised and returns it. Cancel-safe.
+    pub async fn raised(&self) -> T {
+        loop {
+            if let Some(value) = self.get() {
+                return value;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_raise_before_the_wait_is_not_lost() {
+        let latch = Latch::new();
+        latch.raise(7);
+        assert_eq!(latch.raised().await, 7);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_raised_and_the_first_value_stays() {
+        let latch = Latch::<u8>::new();
+        let waiter = tokio::spawn({
+            let latch = Arc::clone(&latch);
+            async move { latch.raised().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "nothing raised yet");
+        latch.raise(1);
+        latch.raise(2);
+        assert_eq!(waiter.await.expect("waiter"), 1);
+        assert_eq!(latch.get(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn unraised_it_stays_pending() {
+        let latch = Latch::<u8>::new();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), latch.raised())
+                .await
+                .is_err()
+        );
+    }
+}
