@@ -155,7 +155,8 @@ pub struct Hub {
     queue_capacity: usize,
     queue_bytes: usize,
     next_id: AtomicU64,
-    live: RwLock<HashMap<ConnId, Live>>,
+    /// Boxed: a table slot is as large as its value, and most slots of a large table are empty.
+    live: RwLock<HashMap<ConnId, Box<Live>>>,
     clients: Mutex<HashMap<String, ConnId>>,
     indexes: HashMap<String, RwLock<SubscriptionIndex<ConnId>>>,
     /// What shared subscriptions need beyond the hub (who serves which partition of a
@@ -277,7 +278,7 @@ impl Hub {
         }
         write(&self.live).insert(
             id,
-            Live {
+            Box::new(Live {
                 client_id: client_id.to_owned(),
                 mqtt5,
                 listener,
@@ -286,7 +287,7 @@ impl Hub {
                 tracking: Mutex::new(tracking),
                 lagging: Arc::clone(&lagging),
                 dispatcher,
-            },
+            }),
         );
         if dispatcher {
             return Registration {

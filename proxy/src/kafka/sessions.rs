@@ -59,7 +59,9 @@ pub struct SessionStore {
     topic: String,
     partitions: i32,
     publisher: Arc<Publisher>,
-    sessions: RwLock<HashMap<String, SessionState>>,
+    /// Boxed: the table's slots are as large as its values, and a table of 10 000 sessions
+    /// has thousands of empty slots.
+    sessions: RwLock<HashMap<String, Box<SessionState>>>,
     /// The offset the reader reads next, per partition.
     read_up_to: Mutex<BTreeMap<i32, i64>>,
     /// CONNECTs waiting for the reader to pass an offset, per partition and offset: each
@@ -303,7 +305,7 @@ impl SessionStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(client_id)
-            .cloned()
+            .map(|state| SessionState::clone(state))
     }
 
     /// How many sessions the view holds.
@@ -454,9 +456,9 @@ impl SessionStore {
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
             if let Some(newer) = sessions.get(&client_id).filter(|s| s.generation > generation) {
-                return Some(newer.clone());
+                return Some(SessionState::clone(newer));
             }
-            sessions.insert(client_id.clone(), state);
+            sessions.insert(client_id.clone(), Box::new(state));
         }
         if let Some(watcher) = locked(&self.watchers).get(&client_id)
             && watcher.generation < generation
@@ -472,7 +474,7 @@ impl SessionStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .map(|state| SessionState::clone(state))
             .collect()
     }
 
@@ -483,7 +485,7 @@ impl SessionStore {
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .filter(|s| s.host.as_deref() == Some(instance))
-            .cloned()
+            .map(|state| SessionState::clone(state))
             .collect()
     }
 
