@@ -648,9 +648,9 @@ mod tests {
         let s = store();
         let watcher = s.watch("c", 2);
         s.apply("c", Some(&state(2).encode())).expect("a session");
-        assert!(!*watcher.borrow());
+        assert!(watcher.get().is_none());
         s.apply("c", Some(&state(3).encode())).expect("a session");
-        assert!(*watcher.borrow());
+        assert!(watcher.get().is_some());
     }
 
     #[tokio::test]

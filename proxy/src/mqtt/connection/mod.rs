@@ -148,9 +148,7 @@ where
             return None;
         }
     };
-    let Some(version) = transport.codec().version() else {
-        return None;
-    };
+    let version = transport.codec().version()?;
     let refuse = async |transport: &mut Transport<WriteDeadline<S>>, reason: ConnectAckReason| {
         hub.metrics()
             .connects
