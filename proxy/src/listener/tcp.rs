@@ -1,6 +1,7 @@
 //! Plain TCP listener.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -9,8 +10,10 @@ use crate::mqtt::connection;
 
 /// Accepts connections until the task is dropped; one task per connection.
 pub async fn accept_loop(listener: TcpListener, shared: Shared) {
-    accept_each(listener, &shared.clone(), move |stream, peer, slot| {
-        let shared = shared.clone();
+    // One pointer per connection to clone and keep, not the eight inside `Shared`.
+    let shared = Arc::new(shared);
+    accept_each(listener, &Arc::clone(&shared), move |stream, peer, slot| {
+        let shared = Arc::clone(&shared);
         async move {
             connection::serve(stream, shared, slot, None).await;
             tracing::trace!(%peer, "connection closed");

@@ -96,8 +96,9 @@ pub async fn handshake(acceptor: &TlsAcceptor, stream: TcpStream, shared: &Share
 /// one task per connection.
 pub async fn accept_loop(listener: TcpListener, tls: ListenerTls, shared: Shared) {
     let _watch = tls.watch(&shared);
-    accept_each(listener, &shared.clone(), move |stream, peer, slot| {
-        let (tls, shared) = (tls.clone(), shared.clone());
+    let shared = Arc::new(shared);
+    accept_each(listener, &Arc::clone(&shared), move |stream, peer, slot| {
+        let (tls, shared) = (tls.clone(), Arc::clone(&shared));
         async move {
             match tls.accept(stream, &shared).await {
                 Ok((stream, certificate)) => {

@@ -120,8 +120,9 @@ where
 /// per connection. With `tls` the upgrade runs inside TLS (wss://).
 pub async fn accept_loop(listener: TcpListener, path: Arc<str>, tls: Option<ListenerTls>, shared: Shared) {
     let _watch = tls.as_ref().map(|tls| tls.watch(&shared));
-    accept_each(listener, &shared.clone(), move |stream, peer, slot| {
-        let (path, tls, shared) = (Arc::clone(&path), tls.clone(), shared.clone());
+    let shared = Arc::new(shared);
+    accept_each(listener, &Arc::clone(&shared), move |stream, peer, slot| {
+        let (path, tls, shared) = (Arc::clone(&path), tls.clone(), Arc::clone(&shared));
         async move {
             match tls {
                 None => serve(stream, peer, &path, shared, slot, None).await,
@@ -141,7 +142,7 @@ pub async fn serve<S>(
     stream: S,
     peer: SocketAddr,
     path: &str,
-    shared: Shared,
+    shared: Arc<Shared>,
     slot: ConnectionSlot,
     certificate: Option<Principal>,
 ) where

@@ -58,7 +58,7 @@ type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), AckErr
 /// Serves one accepted byte stream until it closes.
 /// `slot` is its place in the process's connection count, taken at accept; `certificate`
 /// is who the client's verified TLS certificate says it is (`tls.clientIdentity`).
-pub async fn serve<S>(stream: S, shared: Shared, slot: ConnectionSlot, certificate: Option<Principal>)
+pub async fn serve<S>(stream: S, shared: Arc<Shared>, slot: ConnectionSlot, certificate: Option<Principal>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -79,7 +79,7 @@ where
 /// event loop (issue 9: the task was 5.8 KB, most of what an idle connection cost).
 async fn converse<S>(
     transport: &mut Transport<WriteDeadline<S>>,
-    shared: Shared,
+    shared: Arc<Shared>,
     slot: &ConnectionSlot,
     certificate: Option<Principal>,
 ) where
@@ -111,7 +111,7 @@ struct Established {
 /// CONNECT: read, checked, redirected or refused, or its session opened and CONNACK sent.
 async fn establish<S>(
     transport: &mut Transport<WriteDeadline<S>>,
-    shared: Shared,
+    shared: Arc<Shared>,
     slot: &ConnectionSlot,
     certificate: Option<Principal>,
 ) -> Option<Established>
@@ -127,7 +127,7 @@ where
         limits,
         security,
         connections: _,
-    } = shared;
+    } = Shared::clone(&shared);
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {
         Ok(Some(Ok(Packet::Connect(connect)))) => connect,
