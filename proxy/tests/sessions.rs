@@ -453,3 +453,26 @@ async fn a_message_whose_expiry_ran_out_while_the_session_was_away_is_not_delive
     assert_eq!(got["waited/never"], None);
     back.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+#[tokio::test]
+async fn only_a_session_that_outlives_its_connection_stores_where_delivery_resumes() {
+    let proxy = TestProxy::start().await;
+    let clean = Client::connect(&proxy, "sess-positions-clean").await;
+    let kept = Client::connect_with(&proxy, "sess-positions-kept", persistent(60)).await;
+    let sessions = &proxy.server.sessions;
+    let clean_state = sessions.get("sess-positions-clean").expect("a connected clean session");
+    assert!(
+        clean_state.positions.is_empty(),
+        "a clean session is never resumed, so it holds no positions: {:?}",
+        clean_state.positions
+    );
+    let kept_state = sessions
+        .get("sess-positions-kept")
+        .expect("a connected persistent session");
+    assert!(
+        !kept_state.positions.is_empty(),
+        "a persistent session knows from where to resume if its process dies"
+    );
+    clean.disconnect().await;
+    kept.disconnect().await;
+}
