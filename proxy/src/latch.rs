@@ -3,30 +3,34 @@
 //!
 //! tokio's `watch` channel did this before, but its shared state carries eight `Notify`s
 //! (about 370 bytes) and every connection had two: most of what the hub and the session
-//! store held per idle connection (issue 9). A latch is one mutex-guarded value and one
-//! `Notify`, and a connection awaits it with one waiter.
+//! store held per idle connection (issue 9). A latch is one mutex-guarded value and the
+//! waker of its one waiter, and it can be polled (`poll_raised`), so a connection waits on
+//! it without a future of its own.
 
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 /// Raised at most once that counts: the first value stays, later ones are ignored.
+///
+/// One task waits on a latch (the connection it belongs to): a second waiter would take
+/// the first one's place and the first would not be woken.
 #[derive(Debug)]
 pub struct Latch<T> {
     value: Mutex<Option<T>>,
-    notify: Notify,
+    waiter: AtomicWaker,
 }
 
 impl<T: Clone> Latch<T> {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             value: Mutex::new(None),
-            notify: Notify::new(),
+            waiter: AtomicWaker::new(),
         })
     }
 
-    /// Sets the value unless it is set already, and wakes the waiter (or leaves it a
-    /// permit, so a raise between its check and its wait is not lost).
+    /// Sets the value unless it is set already, and wakes the waiter.
     pub fn raise(&self, value: T) {
         {
             let mut slot = self.value.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -35,7 +39,7 @@ impl<T: Clone> Latch<T> {
             }
             *slot = Some(value);
         }
-        self.notify.notify_one();
+        self.waiter.wake();
     }
 
     /// The value, if raised.
@@ -46,14 +50,22 @@ impl<T: Clone> Latch<T> {
             .clone()
     }
 
+    /// The value once raised; until then the task of `cx` is woken when it is.
+    pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(value) = self.get() {
+            return Poll::Ready(value);
+        }
+        // Registered before the second look: a raise in between is seen by that look.
+        self.waiter.register(cx.waker());
+        match self.get() {
+            Some(value) => Poll::Ready(value),
+            None => Poll::Pending,
+        }
+    }
+
     /// Waits until the value is raised and returns it. Cancel-safe.
     pub async fn raised(&self) -> T {
-        loop {
-            if let Some(value) = self.get() {
-                return value;
-            }
-            self.notify.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_raised(cx)).await
     }
 }
 

@@ -142,7 +142,9 @@ pub struct SessionState {
     #[serde(default)]
     pub subscriptions: Vec<StoredSubscription>,
     #[serde(default)]
-    pub will: Option<StoredWill>,
+    /// Boxed: most sessions have none, and a session is held by its connection and by
+    /// the session view of every process.
+    pub will: Option<Box<StoredWill>>,
     /// QoS 2 packet ids acknowledged with PUBREC and not yet released by PUBREL: a
     /// retransmission with one of them is not produced again, on any process.
     #[serde(default)]
@@ -217,7 +219,7 @@ pub struct ConnectRequest {
     pub clean_start: bool,
     pub expiry_secs: u32,
     pub protocol: u8,
-    pub will: Option<StoredWill>,
+    pub will: Option<Box<StoredWill>>,
     /// The instance that serves the connection.
     pub host: String,
 }
@@ -231,7 +233,7 @@ pub struct ConnectOutcome {
     pub state: SessionState,
     /// A will of the ended previous session that is due now (the session it belonged to
     /// ended with this clean start, §3.1.4).
-    pub ended_will: Option<StoredWill>,
+    pub ended_will: Option<Box<StoredWill>>,
 }
 
 /// CONNECT: resume the stored session unless Clean Start, or it has expired by `now_ms`.
@@ -295,7 +297,7 @@ pub enum DisconnectOutcome {
     /// The session stays: write this state; the will (if any) is due at `will_due_at_ms`.
     Kept(SessionState),
     /// The session ends now (expiry 0): delete it, and publish `will` if one is owed.
-    Ended { will: Option<StoredWill> },
+    Ended { will: Option<Box<StoredWill>> },
 }
 
 /// The connection of `state` ended at `now_ms`. `expiry_secs` is a Session Expiry
@@ -325,9 +327,9 @@ pub fn disconnect(
 pub enum Due {
     Nothing,
     /// Publish the will and write the state without it.
-    Will(StoredWill, Box<SessionState>),
+    Will(Box<StoredWill>, Box<SessionState>),
     /// The session expired: delete it (publishing its will first if it still has one).
-    Expire(Option<StoredWill>),
+    Expire(Option<Box<StoredWill>>),
 }
 
 /// The timers of a session that is away.
@@ -378,8 +380,8 @@ mod tests {
         }
     }
 
-    fn will(delay_secs: u32) -> StoredWill {
-        StoredWill {
+    fn will(delay_secs: u32) -> Box<StoredWill> {
+        Box::new(StoredWill {
             topic: "w".into(),
             payload: "Ynll".into(),
             qos: 1,
@@ -391,7 +393,7 @@ mod tests {
             response_topic: None,
             correlation_data: None,
             user_properties: Vec::new(),
-        }
+        })
     }
 
     fn stored(expiry_secs: u32) -> SessionState {

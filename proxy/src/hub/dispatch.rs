@@ -48,8 +48,7 @@ struct Dispatcher {
 pub(super) async fn run(hub: Arc<Hub>, entry: Arc<ShareEntry>, registration: Registration, runtime: ShareRuntime) {
     let Registration {
         id,
-        mut deliveries,
-        lagging,
+        deliveries,
         ..
     } = registration;
     let mut d = Dispatcher {
@@ -80,10 +79,10 @@ pub(super) async fn run(hub: Arc<Hub>, entry: Arc<ShareEntry>, registration: Reg
                 d.refresh_ownership().await;
                 d.save_cursors(None, false);
             }
-            outgoing = recv(&mut deliveries), if room && d.replay.is_none() => d.held.push_back(outgoing),
+            outgoing = recv(&deliveries), if room && d.replay.is_none() => d.held.push_back(outgoing),
             replayed = recv_replay(&mut d.replay), if room => d.on_replayed(replayed),
             () = d.entry.room.notified() => {}
-            () = lagging.notified() => d.catch_up_wanted = true,
+            () = deliveries.lagging() => d.catch_up_wanted = true,
         }
     }
 }
@@ -295,7 +294,7 @@ impl Dispatcher {
 
 /// The next message of the hub queue (pending forever once the queue is closed: the
 /// dispatcher ends by its tick).
-async fn recv(deliveries: &mut QueueReceiver) -> Outgoing {
+async fn recv(deliveries: &QueueReceiver) -> Outgoing {
     match deliveries.recv().await {
         Some(outgoing) => outgoing,
         None => std::future::pending().await,

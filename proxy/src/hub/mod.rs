@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::Notify;
 
 mod dispatch;
 mod queue;
@@ -86,21 +85,20 @@ pub struct Registration {
     /// Becomes `Some` when the connection is to be closed (takeover, moved elsewhere,
     /// shutdown).
     pub kicked: Arc<Latch<Kick>>,
-    /// Notified when the connection starts lagging on a topic (see [`Hub::rejoin`]).
-    pub lagging: Arc<Notify>,
 }
 
 /// Which QoS > 0 deliveries of one connection are not complete, and where it lags.
+/// (B-tree maps: an empty one is half the size of a hash map, and most are empty.)
 #[derive(Debug, Default)]
 struct Tracking {
     /// Origins handed to the connection and not completed: (topic, partition) -> offset
     /// -> how many deliveries of it (a record can match twice, e.g. a shared and a plain
     /// subscription).
-    outstanding: HashMap<(Arc<str>, i32), BTreeMap<i64, u32>>,
+    outstanding: BTreeMap<(Arc<str>, i32), BTreeMap<i64, u32>>,
     /// Topics on which live deliveries are skipped, with the positions to catch up from.
-    lagging: HashMap<String, BTreeMap<i32, i64>>,
+    lagging: BTreeMap<String, BTreeMap<i32, i64>>,
     /// Catch-ups under way: the next offset each will read.
-    replaying: HashMap<String, Replaying>,
+    replaying: BTreeMap<String, Replaying>,
 }
 
 /// One live connection, as [`Hub::connections`] lists it.
@@ -139,7 +137,6 @@ struct Live {
     deliveries: QueueSender,
     kick: Arc<Latch<Kick>>,
     tracking: Mutex<Tracking>,
-    lagging: Arc<Notify>,
     /// A shared subscription's dispatcher, not a client connection.
     dispatcher: bool,
 }
@@ -272,9 +269,9 @@ impl Hub {
             }
             tracking.lagging.insert(topic.clone(), from);
         }
-        let lagging = Arc::new(Notify::new());
+        // Told through its queue when it starts lagging (see [`Hub::rejoin`]).
         if !tracking.lagging.is_empty() {
-            lagging.notify_one();
+            deliveries_tx.mark_lagging();
         }
         write(&self.live).insert(
             id,
@@ -285,7 +282,6 @@ impl Hub {
                 deliveries: deliveries_tx,
                 kick,
                 tracking: Mutex::new(tracking),
-                lagging: Arc::clone(&lagging),
                 dispatcher,
             }),
         );
@@ -294,7 +290,6 @@ impl Hub {
                 id,
                 deliveries,
                 kicked,
-                lagging,
             };
         }
         let previous = self
@@ -314,7 +309,6 @@ impl Hub {
             id,
             deliveries,
             kicked,
-            lagging,
         }
     }
 
@@ -728,7 +722,7 @@ impl RecordSink for Hub {
                     // Behind from here on this topic: the fan-out has not moved past this
                     // record yet, so its positions are exactly where to catch up from.
                     tracking.lagging.insert(kafka_topic.to_owned(), locked(fanout).clone());
-                    connection.lagging.notify_one();
+                    connection.deliveries.mark_lagging();
                     self.metrics.lagging.inc();
                 }
             }

@@ -9,10 +9,11 @@
 //! a `VecDeque` that is given back whenever the connection has taken them all.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 
 use super::Outgoing;
 use crate::broker::message::Message;
@@ -34,8 +35,12 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// Woken on every delivery and when the sender goes.
-    ready: Notify,
+    /// The receiving task, woken on every delivery, when the connection starts lagging,
+    /// and when the sender goes. (A waker, not a `Notify`: the connection polls the queue
+    /// without a future of its own, so an idle connection's task stays small.)
+    receiver: AtomicWaker,
+    /// The hub marked the connection lagging and it has not looked yet.
+    lagging: AtomicBool,
     /// Bytes of the deliveries queued (see [`weight`]).
     bytes: AtomicUsize,
     capacity: usize,
@@ -54,7 +59,8 @@ impl Shared {
 pub fn channel(capacity: usize, byte_budget: usize) -> (QueueSender, QueueReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
-        ready: Notify::new(),
+        receiver: AtomicWaker::new(),
+        lagging: AtomicBool::new(false),
         bytes: AtomicUsize::new(0),
         capacity: capacity.max(1),
         budget: byte_budget.max(1),
@@ -98,8 +104,14 @@ impl QueueSender {
             self.shared.bytes.fetch_add(weight, Ordering::AcqRel);
             state.items.push_back(outgoing);
         }
-        self.shared.ready.notify_one();
+        self.shared.receiver.wake();
         Ok(())
+    }
+
+    /// Tells the connection it lags (once per call: it looks with `poll_lagging`).
+    pub fn mark_lagging(&self) {
+        self.shared.lagging.store(true, Ordering::Release);
+        self.shared.receiver.wake();
     }
 
     /// Whether `message` would be queued now.
@@ -116,7 +128,7 @@ impl QueueSender {
 impl Drop for QueueSender {
     fn drop(&mut self) {
         self.shared.state().sender_gone = true;
-        self.shared.ready.notify_one();
+        self.shared.receiver.wake();
     }
 }
 
@@ -128,25 +140,56 @@ pub struct QueueReceiver {
 
 impl QueueReceiver {
     /// The next delivery; `None` once the hub dropped its end and the queue is empty.
-    /// Cancel-safe: a delivery is taken only when this returns it.
-    pub async fn recv(&mut self) -> Option<Outgoing> {
-        loop {
-            {
-                let mut state = self.shared.state();
-                if let Some(outgoing) = self.take(&mut state) {
-                    return Some(outgoing);
-                }
-                if state.sender_gone {
-                    return None;
-                }
-            }
-            // A delivery queued after the check above left a permit: no wake-up is lost.
-            self.shared.ready.notified().await;
+    /// Until one comes, the task of `cx` is woken when it does. A delivery is taken only
+    /// when this returns it.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        if let Some(ready) = self.ready() {
+            return Poll::Ready(ready);
+        }
+        // Registered before the second look: a delivery in between is seen by that look.
+        self.shared.receiver.register(cx.waker());
+        match self.ready() {
+            Some(ready) => Poll::Ready(ready),
+            None => Poll::Pending,
         }
     }
 
+    /// A delivery, or `Some(None)` when the queue is closed and empty.
+    fn ready(&self) -> Option<Option<Outgoing>> {
+        let mut state = self.shared.state();
+        if let Some(outgoing) = self.take(&mut state) {
+            return Some(Some(outgoing));
+        }
+        state.sender_gone.then_some(None)
+    }
+
+    /// The next delivery; `None` once the hub dropped its end and the queue is empty.
+    /// Cancel-safe.
+    pub async fn recv(&self) -> Option<Outgoing> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Ready once the hub marked the connection lagging since the last time this was
+    /// ready; until then the task of `cx` is woken when it does.
+    pub fn poll_lagging(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.lagging.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.shared.receiver.register(cx.waker());
+        if self.shared.lagging.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until the hub marks the connection lagging. Cancel-safe.
+    pub async fn lagging(&self) {
+        std::future::poll_fn(|cx| self.poll_lagging(cx)).await;
+    }
+
     /// The next delivery if one is waiting.
-    pub fn try_recv(&mut self) -> Option<Outgoing> {
+    pub fn try_recv(&self) -> Option<Outgoing> {
         let mut state = self.shared.state();
         self.take(&mut state)
     }
@@ -201,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_byte_budget_bounds_the_queue_before_its_count_does() {
-        let (tx, mut rx) = channel(1000, 10_000);
+        let (tx, rx) = channel(1000, 10_000);
         let mut queued = 0;
         while tx.try_send(outgoing(1000)).is_ok() {
             queued += 1;
@@ -219,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_count_bounds_the_queue_of_small_messages() {
-        let (tx, mut rx) = channel(3, 1 << 20);
+        let (tx, rx) = channel(3, 1 << 20);
         for _ in 0..3 {
             assert_eq!(tx.try_send(outgoing(1)), Ok(()));
         }
@@ -231,7 +274,7 @@ mod tests {
 
     #[test]
     fn an_empty_queue_takes_a_message_larger_than_the_budget() {
-        let (tx, mut rx) = channel(10, 100);
+        let (tx, rx) = channel(10, 100);
         assert_eq!(tx.try_send(outgoing(5000)), Ok(()));
         assert_eq!(tx.try_send(outgoing(1)), Err(NotQueued::Full));
         assert!(rx.try_recv().is_some());
@@ -249,7 +292,7 @@ mod tests {
 
     #[test]
     fn an_empty_queue_holds_no_memory() {
-        let (tx, mut rx) = channel(1000, 1 << 20);
+        let (tx, rx) = channel(1000, 1 << 20);
         assert_eq!(tx.shared.state().items.capacity(), 0);
         for _ in 0..100 {
             tx.try_send(outgoing(10)).expect("queued");
@@ -260,7 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_receiver_ends_when_the_sender_goes_after_the_last_delivery() {
-        let (tx, mut rx) = channel(10, 1 << 20);
+        let (tx, rx) = channel(10, 1 << 20);
         tx.try_send(outgoing(1)).expect("queued");
         let waiting = tokio::spawn(async move {
             let mut got = 0;
@@ -273,5 +316,18 @@ mod tests {
         tx.try_send(outgoing(1)).expect("queued");
         drop(tx);
         assert_eq!(waiting.await.expect("task"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_mark_wakes_the_receiver_once() {
+        let (tx, rx) = channel(10, 1 << 20);
+        let waiting = tokio::spawn(async move {
+            rx.lagging().await;
+            let again = tokio::time::timeout(std::time::Duration::from_millis(20), rx.lagging()).await;
+            again.is_err()
+        });
+        tokio::task::yield_now().await;
+        tx.mark_lagging();
+        assert!(waiting.await.expect("task"), "one mark is seen once");
     }
 }

@@ -298,7 +298,7 @@ impl Hub {
             .or_insert_with(|| fanout.clone());
         let at = from.entry(partition).or_insert(offset);
         *at = (*at).min(offset);
-        connection.lagging.notify_one();
+        connection.deliveries.mark_lagging();
         true
     }
 

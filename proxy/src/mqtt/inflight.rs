@@ -1,7 +1,7 @@
 //! Server-to-client QoS 1/2 deliveries in flight: packet ids, the client's Receive Maximum
 //! window, and the queue of deliveries waiting for room (MQTT 5 §4.9).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU16;
 
 /// Where an outbound QoS > 0 delivery stands.
@@ -30,7 +30,7 @@ pub struct Inflight<T> {
     window: usize,
     queue_limit: usize,
     next_id: u16,
-    in_flight: HashMap<u16, Stage>,
+    in_flight: BTreeMap<u16, Stage>,
     queued: VecDeque<T>,
 }
 
@@ -41,7 +41,7 @@ impl<T> Inflight<T> {
             window: usize::from(window.max(1)),
             queue_limit,
             next_id: 0,
-            in_flight: HashMap::new(),
+            in_flight: BTreeMap::new(),
             queued: VecDeque::new(),
         }
     }

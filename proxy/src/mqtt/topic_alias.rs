@@ -1,6 +1,6 @@
 //! MQTT 5 topic aliases, both directions (§3.3.2.3.4).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use bytestring::ByteString;
 
@@ -19,7 +19,7 @@ pub enum AliasError {
 #[derive(Debug, Default)]
 pub struct InboundAliases {
     maximum: u16,
-    topics: HashMap<u16, ByteString>,
+    topics: BTreeMap<u16, ByteString>,
 }
 
 impl InboundAliases {
@@ -27,7 +27,7 @@ impl InboundAliases {
     pub fn new(maximum: u16) -> Self {
         Self {
             maximum,
-            topics: HashMap::new(),
+            topics: BTreeMap::new(),
         }
     }
 
@@ -54,7 +54,7 @@ impl InboundAliases {
 #[derive(Debug, Default)]
 pub struct OutboundAliases {
     maximum: u16,
-    aliases: HashMap<String, u16>,
+    aliases: BTreeMap<String, u16>,
 }
 
 /// How to send a topic.
@@ -73,7 +73,7 @@ impl OutboundAliases {
     pub fn new(maximum: u16) -> Self {
         Self {
             maximum,
-            aliases: HashMap::new(),
+            aliases: BTreeMap::new(),
         }
     }
 

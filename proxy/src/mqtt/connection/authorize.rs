@@ -83,7 +83,7 @@ impl Connection {
             return Ok(true);
         };
         self.hub.metrics().auth_refusals.with_label_values(&["publish"]).inc();
-        tracing::debug!(client_id = %self.client_id, %topic, %refusal, "PUBLISH refused");
+        tracing::debug!(client_id = %self.session.client_id, %topic, %refusal, "PUBLISH refused");
         match (packet_id, self.version) {
             // QoS 0 has no answer: dropped and counted.
             (None, _) => Ok(false),
@@ -92,7 +92,7 @@ impl Connection {
             (Some(id), Version::V5) => {
                 self.pending_ids.insert(id.get());
                 self.pending_acks
-                    .get_or_insert_with(FuturesOrdered::new)
+                    .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
                     .push_back(Box::pin(std::future::ready((id, qos, Err(AckError::NotAuthorized)))));
                 Ok(false)
             }
@@ -105,7 +105,7 @@ impl Connection {
             Ok(()) => true,
             Err(refusal) => {
                 self.hub.metrics().auth_refusals.with_label_values(&["subscribe"]).inc();
-                tracing::debug!(client_id = %self.client_id, %filter, %refusal, "SUBSCRIBE refused");
+                tracing::debug!(client_id = %self.session.client_id, %filter, %refusal, "SUBSCRIBE refused");
                 false
             }
         }

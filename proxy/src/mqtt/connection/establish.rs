@@ -17,7 +17,7 @@ pub(super) async fn establish<S>(
     transport: &mut Transport<WriteDeadline<S>>,
     shared: Arc<Shared>,
     slot: &ConnectionSlot,
-    certificate: Option<Principal>,
+    certificate: Option<Box<Principal>>,
 ) -> Option<Established>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -67,7 +67,7 @@ where
         Ok(accepted) => accepted,
         Err(reason) => return refuse(transport, reason).await,
     };
-    let (principal, token_expires_at) = match authorize::admit(&security, &connect, &hub, certificate) {
+    let (principal, token_expires_at) = match authorize::admit(&security, &connect, &hub, certificate.map(|c| *c)) {
         Ok(admitted) => admitted,
         Err(reason) => return refuse(transport, reason).await,
     };
@@ -103,10 +103,10 @@ where
             Version::V3 => 4,
             Version::V5 => 5,
         },
-        will: connect.last_will.as_ref().map(session::stored_will),
+        will: connect.last_will.as_ref().map(|will| Box::new(session::stored_will(will))),
         host: instance.to_string(),
     };
-    let mut opened = match Box::pin(session::open(&hub, &sessions, request)).await {
+    let mut opened = match session::open(&hub, &sessions, request).await {
         Ok(opened) => opened,
         Err(error) => {
             tracing::warn!(client_id = %accepted.client_id, %error, "session not opened");
@@ -139,7 +139,6 @@ where
         .min(limits.max_inflight_outbound);
     let mut connection = Connection {
         id: registration.id,
-        client_id: accepted.client_id.clone(),
         version,
         hub: Arc::clone(&hub),
         sessions: Arc::clone(&sessions),
@@ -149,11 +148,11 @@ where
         principal,
         token_deadline,
         inflight: Inflight::new(window, limits.outbound_queue),
-        origins: HashMap::new(),
+        origins: BTreeMap::new(),
         out_aliases: OutboundAliases::new(connect.topic_alias_max),
         in_aliases: InboundAliases::new(limits.topic_alias_maximum),
         pending_acks: None,
-        pending_ids: HashSet::new(),
+        pending_ids: BTreeSet::new(),
         qos0_deliveries: None,
         qos2_received: opened.state.qos2_pending.iter().copied().collect(),
         session: opened.state,
@@ -161,8 +160,8 @@ where
         catch_up_wanted: false,
         replay: None,
         expiry_on_disconnect: None,
-        resend: HashMap::new(),
-        skip: HashSet::new(),
+        resend: BTreeMap::new(),
+        skip: BTreeSet::new(),
     };
     let mut connack = connect::connack(&accepted, &limits);
     connack.session_present = opened.session_present;
@@ -176,14 +175,14 @@ where
         count_write_timeout(&hub, transport, &accepted.client_id);
         hub.unregister(registration.id, &accepted.client_id);
         sessions.unwatch(&accepted.client_id, connection.session.generation);
-        Box::pin(session::close(
+        session::close(
             &hub,
             &sessions,
             &connection.session,
             connection.saved_positions.clone(),
             Departure::Abnormal,
             None,
-        ))
+        )
         .await;
         return None;
     }
@@ -191,7 +190,7 @@ where
     tracing::debug!(client_id = %accepted.client_id, ?version, session_present = opened.session_present, "connected");
     if opened.session_present {
         // A write error here ends the connection in `run` at its first read.
-        let _ = Box::pin(connection.resume_outbound(transport)).await;
+        let _ = connection.resume_outbound(transport).await;
     }
     Some(Established {
         connection,

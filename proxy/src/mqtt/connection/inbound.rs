@@ -155,7 +155,7 @@ impl Connection {
             payload: publish.payload,
             qos,
             retain: publish.retain,
-            publisher: Some(self.client_id.clone()),
+            publisher: Some(self.session.client_id.clone()),
             properties: message_properties(
                 properties.message_expiry_interval,
                 properties.content_type,
@@ -172,12 +172,12 @@ impl Connection {
             // queued in the producer, so they reach Kafka even if the connection ends first.
             None => self
                 .qos0_deliveries
-                .get_or_insert_with(FuturesUnordered::new)
+                .get_or_insert_with(|| Box::new(FuturesUnordered::new()))
                 .push(Box::pin(delivery)),
             Some(id) => {
                 self.pending_ids.insert(id.get());
                 self.pending_acks
-                    .get_or_insert_with(FuturesOrdered::new)
+                    .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
                     .push_back(Box::pin(
                         async move { (id, qos, delivery.await.map_err(AckError::Kafka)) },
                     ));
@@ -198,7 +198,7 @@ impl Connection {
             Ok(()) => PublishAckReason::Success,
             Err(AckError::NotAuthorized) => PublishAckReason::NotAuthorized,
             Err(AckError::Kafka(error)) => {
-                tracing::warn!(client_id = %self.client_id, %error, "PUBLISH not stored in Kafka");
+                tracing::warn!(client_id = %self.session.client_id, %error, "PUBLISH not stored in Kafka");
                 if self.version == Version::V3 {
                     // 3.1.1 has no negative acknowledgement; closing makes the client resend.
                     return Err(Ending::Abnormal(None));
@@ -253,7 +253,7 @@ impl Connection {
                 RetainHandling::NoAtSubscribe => 2,
             };
             subscription.identifier = identifier;
-            let existed = self.hub.subscribe(self.id, &self.client_id, &subscription);
+            let existed = self.hub.subscribe(self.id, &self.session.client_id, &subscription);
             let wants_retained = match subscription.retain_handling {
                 0 => true,
                 1 => !existed,

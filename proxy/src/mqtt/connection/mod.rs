@@ -15,12 +15,13 @@ use establish::{Established, establish};
 
 use authorize::AckError;
 
-use outbound::{recv_replay, try_recv_replay};
+use outbound::{poll_replay, try_recv_replay};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytestring::ByteString;
@@ -32,7 +33,7 @@ use rmqtt_codec::v5::{
     PublishAckReason, SubscribeAckReason, ToReasonCode, UserProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::auth::policy::Principal;
 use crate::broker::message::{MessageProperties, now_ms};
@@ -61,14 +62,34 @@ type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), AckErr
 /// Serves one accepted byte stream until it closes.
 /// `slot` is its place in the process's connection count, taken at accept; `certificate`
 /// is who the client's verified TLS certificate says it is (`tls.clientIdentity`).
-pub async fn serve<S>(stream: S, shared: Arc<Shared>, slot: ConnectionSlot, certificate: Option<Principal>)
+///
+/// Not an `async fn`: an async fn keeps a slot for each argument for its whole life, even
+/// once it was moved on. The stream goes into the transport here, and the certificate is
+/// boxed: each idle connection's task is that much smaller (issue 9).
+pub fn serve<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    slot: ConnectionSlot,
+    certificate: Option<Principal>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // Every write to the client has a deadline: one that does not read loses its
     // connection instead of holding this task forever.
     let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
-    let mut transport = Transport::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
+    let transport = Transport::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
+    serve_transport(transport, shared, slot, certificate.map(Box::new))
+}
+
+async fn serve_transport<S>(
+    mut transport: Transport<WriteDeadline<S>>,
+    shared: Arc<Shared>,
+    slot: ConnectionSlot,
+    certificate: Option<Box<Principal>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     converse(&mut transport, shared, &slot, certificate).await;
     // However it ended, the client can read what was sent last (DISCONNECT, a refusing
     // CONNACK) before the socket closes, also while it is still writing.
@@ -84,7 +105,7 @@ async fn converse<S>(
     transport: &mut Transport<WriteDeadline<S>>,
     shared: Arc<Shared>,
     slot: &ConnectionSlot,
-    certificate: Option<Principal>,
+    certificate: Option<Box<Principal>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -150,7 +171,6 @@ const SAVE_POSITIONS_EVERY: Duration = Duration::from_secs(5);
 
 struct Connection {
     id: ConnId,
-    client_id: String,
     version: Version,
     hub: Arc<Hub>,
     sessions: Arc<SessionStore>,
@@ -163,19 +183,20 @@ struct Connection {
     token_deadline: Option<Instant>,
     inflight: Inflight<Outgoing>,
     /// Where the message behind each outbound packet id is in Kafka.
-    origins: HashMap<u16, Origin>,
+    origins: BTreeMap<u16, Origin>,
     out_aliases: OutboundAliases,
     in_aliases: InboundAliases,
     /// QoS 1/2 PUBLISHes waiting for Kafka, in arrival order (acks go out in that order).
-    /// (`None` until the first: an empty set holds an allocation of its own, and most
-    /// connections are idle devices.)
-    pending_acks: Option<FuturesOrdered<PendingAck>>,
-    pending_ids: HashSet<u16>,
+    /// (`None` until the first, and boxed: an empty set holds an allocation of its own and
+    /// is 64 bytes, and most connections are idle devices.)
+    pending_acks: Option<Box<FuturesOrdered<PendingAck>>>,
+    pending_ids: BTreeSet<u16>,
     /// Kafka acknowledgements of QoS 0 PUBLISHes, only watched for errors.
-    qos0_deliveries: Option<FuturesUnordered<Qos0Delivery>>,
+    qos0_deliveries: Option<Box<FuturesUnordered<Qos0Delivery>>>,
     /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
-    qos2_received: HashSet<u16>,
-    /// The session as stored (subscriptions, will, expiry).
+    qos2_received: BTreeSet<u16>,
+    /// The session as stored (subscriptions, will, expiry); its client id is the
+    /// connection's.
     session: SessionState,
     /// The positions last stored, to store them again only when they moved.
     saved_positions: Positions,
@@ -186,9 +207,9 @@ struct Connection {
     expiry_on_disconnect: Option<u32>,
     /// Records a resumed session had in flight, to send again with their packet id (DUP)
     /// when the catch-up reads them.
-    resend: HashMap<Origin, (NonZeroU16, u8)>,
+    resend: BTreeMap<Origin, (NonZeroU16, u8)>,
     /// Records a resumed session had delivered (or released) already: the catch-up skips them.
-    skip: HashSet<Origin>,
+    skip: BTreeSet<Origin>,
 }
 
 /// What handling one packet asks of the loop.
@@ -198,7 +219,50 @@ fn protocol_error() -> Ending {
     Ending::Abnormal(Some(DisconnectReasonCode::ProtocolError))
 }
 
+/// What the connection waits on between two steps: owned by its event loop, polled by
+/// [`Connection::poll_event`].
+struct Waits {
+    deliveries: QueueReceiver,
+    kicked: Arc<Latch<Kick>>,
+    taken_over: Arc<Latch<()>>,
+    /// The positions timer of a persistent session.
+    save: Option<tokio::time::Interval>,
+    /// Keep-alive: one and a half times the interval without a packet closes it.
+    deadline: Pin<Box<Sleep>>,
+    /// Boxed: most connections have no token deadline and need no timer for it.
+    token_expiry: Option<Pin<Box<Sleep>>>,
+}
+
+/// Which of the waits are open for this step.
+#[derive(Clone, Copy)]
+struct Gates {
+    /// The client is read from (its window has room, see `reads_more`).
+    reading: bool,
+    /// Live deliveries go out (no catch-up under way, room in flight).
+    live_open: bool,
+    /// The catch-up's records go out (room in flight).
+    replay_open: bool,
+}
+
+/// What woke the connection, in the order it is looked at.
+enum Event {
+    Kicked(Kick),
+    TakenOver,
+    KafkaAck(NonZeroU16, u8, Result<(), AckError>),
+    Packet(Option<Result<Packet, DecodeError>>),
+    Delivery(Outgoing),
+    Replayed(Option<Replayed>),
+    Lagging,
+    SaveTick,
+    Qos0Done,
+    KeepAliveExpired,
+    TokenExpired,
+}
+
 impl Connection {
+    /// The event loop. It waits by polling what it waits on ([`Connection::poll_event`])
+    /// rather than with `select!`: `select!` keeps a future per branch inside the task for
+    /// its whole life, about half a kilobyte that every idle connection carried (issue 9).
     async fn run<S>(
         &mut self,
         transport: &mut Transport<S>,
@@ -210,27 +274,27 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let Registration {
-            mut deliveries,
-            kicked,
-            lagging,
-            ..
+            deliveries, kicked, ..
         } = registration;
-        // Only a session that outlives its connection has positions to store: the others
-        // keep no timer (10 000 idle connections would otherwise wake 2 000 times a second).
-        let mut save = self
-            .session
-            .is_persistent()
-            .then(|| tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY));
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let far_future = Duration::from_secs(86_400 * 365);
-        let deadline = tokio::time::sleep(grace.unwrap_or(far_future));
-        tokio::pin!(deadline);
-        // Boxed: most connections have no token deadline and need no timer for it.
-        let mut token_expiry = self.token_deadline.map(|at| Box::pin(tokio::time::sleep_until(at)));
+        let mut waits = Waits {
+            deliveries,
+            kicked,
+            taken_over,
+            // Only a session that outlives its connection has positions to store: the others
+            // keep no timer (10 000 idle connections would otherwise wake 2 000 times a second).
+            save: self
+                .session
+                .is_persistent()
+                .then(|| tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY)),
+            deadline: Box::pin(tokio::time::sleep(grace.unwrap_or(far_future))),
+            token_expiry: self.token_deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+        };
         let mut paused = false;
         loop {
-            if self.catch_up_wanted && self.replay.is_none() && deliveries.is_empty() {
+            if self.catch_up_wanted && self.replay.is_none() && waits.deliveries.is_empty() {
                 self.start_catch_up();
             }
             // A 3.1.1 client is not read from while its window is full (`reads_more`); that
@@ -240,75 +304,19 @@ impl Connection {
                 && std::mem::replace(&mut paused, false)
                 && let Some(grace) = grace
             {
-                deadline.as_mut().reset(Instant::now() + grace);
+                waits.deadline.as_mut().reset(Instant::now() + grace);
             }
             paused |= !reading;
-            let live_open = self.replay.is_none() && self.inflight.has_room();
-            let replay_open = self.replay.is_some() && self.inflight.has_room();
-            // The handlers that await Kafka or the session store are boxed: their futures
-            // exist only while they run instead of being part of every connection's task,
-            // which an idle connection would carry for nothing.
-            let step = tokio::select! {
-                biased;
-                kick = kicked.raised() => Err(if kick.reason == SESSION_TAKEN_OVER {
-                    Ending::TakenOver
-                } else {
-                    Ending::Kicked(kick)
-                }),
-                () = taken_over.raised() => Err(Ending::TakenOver),
-                Some((id, qos, result)) = next_of(&mut self.pending_acks), if has_any(&self.pending_acks, FuturesOrdered::is_empty) => {
-                    release_if_empty(&mut self.pending_acks, FuturesOrdered::is_empty);
-                    Box::pin(self.on_kafka_ack(transport, id, qos, result)).await
-                }
-                packet = transport.next(), if reading => match packet {
-                    Some(Ok(packet)) => {
-                        if let Some(grace) = grace {
-                            deadline.as_mut().reset(Instant::now() + grace);
-                        }
-                        Box::pin(self.on_packet(transport, packet)).await
-                    }
-                    Some(Err(error)) => {
-                        tracing::debug!(client_id = %self.client_id, %error, "undecodable packet");
-                        Err(Ending::Abnormal(Some(error.to_reason_code())))
-                    }
-                    None => Err(Ending::Abnormal(None)),
-                },
-                Some(outgoing) = deliveries.recv(), if live_open => {
-                    Box::pin(self.deliver_batch(transport, outgoing, &mut deliveries)).await
-                }
-                replayed = recv_replay(&mut self.replay), if replay_open => {
-                    // As with live deliveries: what else the catch-up has ready goes out
-                    // with the same flush.
-                    let mut step = Box::pin(self.on_replayed(transport, replayed)).await;
-                    let mut batch = 1;
-                    while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
-                        let Some(next) = try_recv_replay(&mut self.replay) else { break };
-                        step = Box::pin(self.on_replayed(transport, Some(next))).await;
-                        batch += 1;
-                    }
-                    step
-                }
-                () = lagging.notified() => {
-                    self.catch_up_wanted = true;
-                    Ok(())
-                }
-                () = save_tick(&mut save), if save.is_some() => {
-                    self.save_positions();
-                    Ok(())
-                }
-                // A QoS 0 PUBLISH that did not reach Kafka is counted and logged (rate-limited)
-                // by the producer: one line per message would flood the log in an outage.
-                Some(_) = next_of(&mut self.qos0_deliveries), if has_any(&self.qos0_deliveries, FuturesUnordered::is_empty) => {
-                    release_if_empty(&mut self.qos0_deliveries, FuturesUnordered::is_empty);
-                    Ok(())
-                }
-                _ = &mut deadline, if reading => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
-                () = token_expired(&mut token_expiry), if token_expiry.is_some() => {
-                    self.hub.metrics().auth_refusals.with_label_values(&["token_expired"]).inc();
-                    tracing::info!(client_id = %self.client_id, "token expired: closing the connection");
-                    Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
-                }
+            let gates = Gates {
+                reading,
+                live_open: self.replay.is_none() && self.inflight.has_room(),
+                replay_open: self.replay.is_some() && self.inflight.has_room(),
             };
+            let event = std::future::poll_fn(|cx| self.poll_event(cx, transport, &mut waits, gates)).await;
+            // Boxed: the handling of an event (and the event itself, a packet can be a few
+            // hundred bytes) exists only while it runs instead of being part of every
+            // connection's task, which an idle connection would carry for nothing.
+            let step = Box::pin(self.on_event(transport, &mut waits, grace, event)).await;
             if let Err(ending) = step {
                 return ending;
             }
@@ -318,14 +326,146 @@ impl Connection {
         }
     }
 
+    /// Handles what woke the connection.
+    async fn on_event<S>(
+        &mut self,
+        transport: &mut Transport<S>,
+        waits: &mut Waits,
+        grace: Option<Duration>,
+        event: Event,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match event {
+            Event::Kicked(kick) => Err(if kick.reason == SESSION_TAKEN_OVER {
+                Ending::TakenOver
+            } else {
+                Ending::Kicked(kick)
+            }),
+            Event::TakenOver => Err(Ending::TakenOver),
+            Event::KafkaAck(id, qos, result) => {
+                release_if_empty(&mut self.pending_acks, |set| set.is_empty());
+                self.on_kafka_ack(transport, id, qos, result).await
+            }
+            Event::Packet(Some(Ok(packet))) => {
+                if let Some(grace) = grace {
+                    waits.deadline.as_mut().reset(Instant::now() + grace);
+                }
+                self.on_packet(transport, packet).await
+            }
+            Event::Packet(Some(Err(error))) => {
+                tracing::debug!(client_id = %self.session.client_id, %error, "undecodable packet");
+                Err(Ending::Abnormal(Some(error.to_reason_code())))
+            }
+            Event::Packet(None) => Err(Ending::Abnormal(None)),
+            Event::Delivery(outgoing) => self.deliver_batch(transport, outgoing, &waits.deliveries).await,
+            Event::Replayed(replayed) => {
+                // As with live deliveries: what else the catch-up has ready goes out with
+                // the same flush.
+                let mut step = self.on_replayed(transport, replayed).await;
+                let mut batch = 1;
+                while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
+                    let Some(next) = try_recv_replay(&mut self.replay) else { break };
+                    step = self.on_replayed(transport, Some(next)).await;
+                    batch += 1;
+                }
+                step
+            }
+            Event::Lagging => {
+                self.catch_up_wanted = true;
+                Ok(())
+            }
+            Event::SaveTick => {
+                self.save_positions();
+                Ok(())
+            }
+            // A QoS 0 PUBLISH that did not reach Kafka is counted and logged (rate-limited)
+            // by the producer: one line per message would flood the log in an outage.
+            Event::Qos0Done => {
+                release_if_empty(&mut self.qos0_deliveries, |set| set.is_empty());
+                Ok(())
+            }
+            Event::KeepAliveExpired => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
+            Event::TokenExpired => {
+                self.hub.metrics().auth_refusals.with_label_values(&["token_expired"]).inc();
+                tracing::info!(client_id = %self.session.client_id, "token expired: closing the connection");
+                Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
+            }
+        }
+    }
+
+    /// The first of the connection's waits that is over, in priority order (an end before
+    /// Kafka's acknowledgements, those before the client's next packet, ...). Registers the
+    /// task with each wait that is open and not over.
+    fn poll_event<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        transport: &mut Transport<S>,
+        waits: &mut Waits,
+        gates: Gates,
+    ) -> Poll<Event>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Poll::Ready(kick) = waits.kicked.poll_raised(cx) {
+            return Poll::Ready(Event::Kicked(kick));
+        }
+        if let Poll::Ready(()) = waits.taken_over.poll_raised(cx) {
+            return Poll::Ready(Event::TakenOver);
+        }
+        if let Some(acks) = self.pending_acks.as_mut().filter(|acks| !acks.is_empty())
+            && let Poll::Ready(Some((id, qos, result))) = acks.poll_next_unpin(cx)
+        {
+            return Poll::Ready(Event::KafkaAck(id, qos, result));
+        }
+        if gates.reading
+            && let Poll::Ready(packet) = transport.poll_next_unpin(cx)
+        {
+            return Poll::Ready(Event::Packet(packet));
+        }
+        // A closed queue (`None`) is left alone: the hub closes it only with a kick.
+        if gates.live_open
+            && let Poll::Ready(Some(outgoing)) = waits.deliveries.poll_recv(cx)
+        {
+            return Poll::Ready(Event::Delivery(outgoing));
+        }
+        if gates.replay_open
+            && let Poll::Ready(replayed) = poll_replay(&mut self.replay, cx)
+        {
+            return Poll::Ready(Event::Replayed(replayed));
+        }
+        if let Poll::Ready(()) = waits.deliveries.poll_lagging(cx) {
+            return Poll::Ready(Event::Lagging);
+        }
+        if let Some(save) = waits.save.as_mut()
+            && save.poll_tick(cx).is_ready()
+        {
+            return Poll::Ready(Event::SaveTick);
+        }
+        if let Some(deliveries) = self.qos0_deliveries.as_mut().filter(|set| !set.is_empty())
+            && let Poll::Ready(Some(_)) = deliveries.poll_next_unpin(cx)
+        {
+            return Poll::Ready(Event::Qos0Done);
+        }
+        if gates.reading && waits.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::KeepAliveExpired);
+        }
+        if let Some(expiry) = waits.token_expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Event::TokenExpired);
+        }
+        Poll::Pending
+    }
+
     /// Delivers `first` and what else is waiting, so that a burst is written with one
-    /// flush instead of one write per message. Boxed by the caller: its future exists only
-    /// while deliveries are written.
+    /// flush instead of one write per message.
     async fn deliver_batch<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         transport: &mut Transport<S>,
         first: Outgoing,
-        deliveries: &mut QueueReceiver,
+        deliveries: &QueueReceiver,
     ) -> Step {
         let mut step = self.deliver(transport, first).await;
         let mut batch = 1;
@@ -345,10 +485,10 @@ impl Connection {
     {
         let hub = Arc::clone(&self.hub);
         hub.metrics().connections.dec();
-        count_write_timeout(&hub, transport, &self.client_id);
+        count_write_timeout(&hub, transport, &self.session.client_id);
         let positions = hub.positions(self.id);
-        hub.unregister(self.id, &self.client_id);
-        self.sessions.unwatch(&self.client_id, self.session.generation);
+        hub.unregister(self.id, &self.session.client_id);
+        self.sessions.unwatch(&self.session.client_id, self.session.generation);
         let departure = match &ending {
             Ending::Normal => Departure::Normal,
             _ => Departure::Abnormal,
@@ -370,7 +510,7 @@ impl Connection {
             // The session lives on with the newer connection; only a will without delay is
             // this connection's to publish (§3.1.4).
             if let Some(will) = self.session.will.as_ref().filter(|w| w.delay_secs == 0) {
-                session::publish_will(&hub, will, &self.client_id);
+                session::publish_will(&hub, will, &self.session.client_id);
             }
         } else {
             let mut state = self.session.clone();
@@ -408,42 +548,11 @@ fn message_properties(
     }
 }
 
-/// The next of a set of futures the connection waits on (pending forever without the set).
-async fn next_of<S: futures::Stream + Unpin>(set: &mut Option<S>) -> Option<S::Item> {
-    match set {
-        Some(set) => set.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Whether a set exists and has a future in it.
-fn has_any<S>(set: &Option<S>, is_empty: fn(&S) -> bool) -> bool {
-    set.as_ref().is_some_and(|set| !is_empty(set))
-}
-
 /// Gives back an emptied set's allocation: a device publishes seldom, and between its
 /// messages its connection should hold nothing.
 fn release_if_empty<S>(set: &mut Option<S>, is_empty: fn(&S) -> bool) {
     if set.as_ref().is_some_and(is_empty) {
         *set = None;
-    }
-}
-
-/// The token's expiry (pending forever without one).
-async fn token_expired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next tick of the positions timer (pending forever without one).
-async fn save_tick(save: &mut Option<tokio::time::Interval>) {
-    match save {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 

@@ -8,6 +8,7 @@ use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 
 use std::collections::BTreeMap;
+use std::task::{Context, Poll};
 
 use super::*;
 use crate::broker::session::{StoredOutbound, prune_outbound};
@@ -221,7 +222,7 @@ impl Connection {
         // Boxed: a write to Kafka is a large future, and every state it is awaited from would
         // otherwise carry it in each connection's task, idle or not.
         if let Err(error) = Box::pin(self.sessions.store(&self.session)).await {
-            tracing::warn!(client_id = %self.client_id, %error, "session not stored");
+            tracing::warn!(client_id = %self.session.client_id, %error, "session not stored");
         }
     }
 
@@ -259,7 +260,7 @@ impl Connection {
     pub(super) fn start_catch_up(&mut self) {
         match self.hub.rejoin(self.id) {
             Some(CatchUp { topic, from, to }) => {
-                tracing::debug!(client_id = %self.client_id, %topic, ?from, ?to, "catching up from Kafka");
+                tracing::debug!(client_id = %self.session.client_id, %topic, ?from, ?to, "catching up from Kafka");
                 self.replay_range(&topic, from, to);
             }
             None => self.catch_up_wanted = false,
@@ -357,15 +358,16 @@ impl Connection {
 }
 
 /// A record of the catch-up under way that is ready now. (An ended catch-up is left to
-/// [`recv_replay`], which hands its end to `on_replayed`.)
+/// [`poll_replay`], which hands its end to `on_replayed`.)
 pub(super) fn try_recv_replay(replay: &mut Option<Replay>) -> Option<Replayed> {
     replay.as_mut()?.1.records.try_recv().ok()
 }
 
-/// The next record of the catch-up under way (pending forever when there is none).
-pub(super) async fn recv_replay(replay: &mut Option<Replay>) -> Option<Replayed> {
+/// The next record of the catch-up under way (pending while there is none); `None` when
+/// the catch-up ended.
+pub(super) fn poll_replay(replay: &mut Option<Replay>, cx: &mut Context<'_>) -> Poll<Option<Replayed>> {
     match replay {
-        Some((_, catching)) => catching.records.recv().await,
-        None => std::future::pending().await,
+        Some((_, catching)) => catching.records.poll_recv(cx),
+        None => Poll::Pending,
     }
 }
