@@ -1,5 +1,6 @@
-//! A value one side raises and the other awaits: how a connection learns that it is to end
-//! (kicked by the hub, taken over by a newer session).
+//! A value one side raises and the other awaits: how a connection learns from the session
+//! store that a newer connection of its client took its session over, on any process.
+//! (The hub's kick travels in the connection's delivery queue, see `hub::queue`.)
 //!
 //! tokio's `watch` channel did this before, but its shared state carries eight `Notify`s
 //! (about 370 bytes) and every connection had two: most of what the hub and the session

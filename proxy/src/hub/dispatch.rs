@@ -46,11 +46,7 @@ struct Dispatcher {
 }
 
 pub(super) async fn run(hub: Arc<Hub>, entry: Arc<ShareEntry>, registration: Registration, runtime: ShareRuntime) {
-    let Registration {
-        id,
-        deliveries,
-        ..
-    } = registration;
+    let Registration { id, deliveries, .. } = registration;
     let mut d = Dispatcher {
         hub,
         entry,

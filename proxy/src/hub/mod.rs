@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-
 mod dispatch;
 mod queue;
 mod share;
@@ -33,7 +32,6 @@ use crate::broker::routes::RouteTable;
 use crate::broker::subscriptions::{Subscription, SubscriptionIndex};
 use crate::kafka::consumer::RecordSink;
 use crate::kafka::producer::{PublishError, Publisher};
-use crate::latch::Latch;
 use crate::metrics::Metrics;
 
 /// Identifies one live connection of this process.
@@ -80,11 +78,9 @@ pub struct Outgoing {
 /// What a connection gets from the hub when it registers.
 pub struct Registration {
     pub id: ConnId,
-    /// Deliveries for this connection.
+    /// Deliveries for this connection, and the hub's word when it lags or is to close
+    /// (takeover, moved elsewhere, shutdown).
     pub deliveries: QueueReceiver,
-    /// Becomes `Some` when the connection is to be closed (takeover, moved elsewhere,
-    /// shutdown).
-    pub kicked: Arc<Latch<Kick>>,
 }
 
 /// Which QoS > 0 deliveries of one connection are not complete, and where it lags.
@@ -135,7 +131,6 @@ struct Live {
     /// The listener it connected on: a redirect sends it to the same kind of listener.
     listener: Arc<str>,
     deliveries: QueueSender,
-    kick: Arc<Latch<Kick>>,
     tracking: Mutex<Tracking>,
     /// A shared subscription's dispatcher, not a client connection.
     dispatcher: bool,
@@ -256,8 +251,6 @@ impl Hub {
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (deliveries_tx, deliveries) = queue::channel(self.queue_capacity, self.queue_bytes);
-        let kick = Latch::new();
-        let kicked = Arc::clone(&kick);
         let mut tracking = Tracking::default();
         for (topic, stored) in resume_from {
             let Some(fanout) = self.fanout.get(topic) else { continue };
@@ -280,17 +273,12 @@ impl Hub {
                 mqtt5,
                 listener,
                 deliveries: deliveries_tx,
-                kick,
                 tracking: Mutex::new(tracking),
                 dispatcher,
             }),
         );
         if dispatcher {
-            return Registration {
-                id,
-                deliveries,
-                kicked,
-            };
+            return Registration { id, deliveries };
         }
         let previous = self
             .clients
@@ -300,16 +288,12 @@ impl Hub {
         if let Some(previous) = previous
             && let Some(old) = read(&self.live).get(&previous)
         {
-            old.kick.raise(Kick {
+            old.deliveries.kick(Kick {
                 reason: SESSION_TAKEN_OVER,
                 server_reference: None,
             });
         }
-        Registration {
-            id,
-            deliveries,
-            kicked,
-        }
+        Registration { id, deliveries }
     }
 
     /// Sets what shared subscriptions need of the Kafka side (once).
@@ -346,7 +330,7 @@ impl Hub {
     /// Tells connection `id` to close.
     pub fn kick(&self, id: ConnId, kick: Kick) {
         if let Some(connection) = read(&self.live).get(&id) {
-            connection.kick.raise(kick);
+            connection.deliveries.kick(kick);
         }
     }
 

@@ -79,7 +79,7 @@ impl Connection {
         qos: u8,
         packet_id: Option<NonZeroU16>,
     ) -> Result<bool, Ending> {
-        let Err(refusal) = self.security.policy.publish(&self.principal, topic) else {
+        let Err(refusal) = self.security.policy.publish(self.principal(), topic) else {
             return Ok(true);
         };
         self.hub.metrics().auth_refusals.with_label_values(&["publish"]).inc();
@@ -101,7 +101,7 @@ impl Connection {
 
     /// May this client subscribe to `filter` (as sent)?
     pub(super) fn authorize_subscribe(&self, filter: &str) -> bool {
-        match self.security.policy.subscribe(&self.principal, filter) {
+        match self.security.policy.subscribe(self.principal(), filter) {
             Ok(()) => true,
             Err(refusal) => {
                 self.hub.metrics().auth_refusals.with_label_values(&["subscribe"]).inc();

@@ -103,7 +103,10 @@ where
             Version::V3 => 4,
             Version::V5 => 5,
         },
-        will: connect.last_will.as_ref().map(|will| Box::new(session::stored_will(will))),
+        will: connect
+            .last_will
+            .as_ref()
+            .map(|will| Box::new(session::stored_will(will))),
         host: instance.to_string(),
     };
     let mut opened = match session::open(&hub, &sessions, request).await {
@@ -145,7 +148,7 @@ where
         replayer,
         limits: Arc::clone(&limits),
         security,
-        principal,
+        principal: (principal != Principal::default()).then(|| Box::new(principal)),
         token_deadline,
         inflight: Inflight::new(window, limits.outbound_queue),
         origins: BTreeMap::new(),

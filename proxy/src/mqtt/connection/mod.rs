@@ -64,8 +64,9 @@ type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), AckErr
 /// is who the client's verified TLS certificate says it is (`tls.clientIdentity`).
 ///
 /// Not an `async fn`: an async fn keeps a slot for each argument for its whole life, even
-/// once it was moved on. The stream goes into the transport here, and the certificate is
-/// boxed: each idle connection's task is that much smaller (issue 9).
+/// once it was moved on (and a second one for a `mut` argument). The stream goes into the
+/// transport here, which the future owns once, and the certificate is boxed: each idle
+/// connection's task is that much smaller (issue 9).
 pub fn serve<S>(
     stream: S,
     shared: Arc<Shared>,
@@ -78,22 +79,14 @@ where
     // Every write to the client has a deadline: one that does not read loses its
     // connection instead of holding this task forever.
     let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
-    let transport = Transport::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
-    serve_transport(transport, shared, slot, certificate.map(Box::new))
-}
-
-async fn serve_transport<S>(
-    mut transport: Transport<WriteDeadline<S>>,
-    shared: Arc<Shared>,
-    slot: ConnectionSlot,
-    certificate: Option<Box<Principal>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    converse(&mut transport, shared, &slot, certificate).await;
-    // However it ended, the client can read what was sent last (DISCONNECT, a refusing
-    // CONNACK) before the socket closes, also while it is still writing.
-    Box::pin(linger::close(transport.get_mut())).await;
+    let mut transport = Transport::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
+    let certificate = certificate.map(Box::new);
+    async move {
+        converse(&mut transport, shared, &slot, certificate).await;
+        // However it ended, the client can read what was sent last (DISCONNECT, a refusing
+        // CONNACK) before the socket closes, also while it is still writing.
+        Box::pin(linger::close(transport.get_mut())).await;
+    }
 }
 
 /// The MQTT conversation: CONNECT, the connection's life, its end.
@@ -178,7 +171,9 @@ struct Connection {
     limits: Arc<Limits>,
     security: Arc<crate::auth::Security>,
     /// Who the guard says the client is.
-    principal: Principal,
+    /// (`None`: nobody in particular, as without a guard: most connections, which need
+    /// not carry 72 bytes for it.)
+    principal: Option<Box<Principal>>,
     /// When its token expires: the connection ends then (5.0: DISCONNECT 0xA0).
     token_deadline: Option<Instant>,
     inflight: Inflight<Outgoing>,
@@ -212,6 +207,13 @@ struct Connection {
     skip: BTreeSet<Origin>,
 }
 
+/// The principal of a connection that has none of its own.
+static ANONYMOUS: Principal = Principal {
+    guard: None,
+    identity: None,
+    roles: std::collections::BTreeSet::new(),
+};
+
 /// What handling one packet asks of the loop.
 type Step = Result<(), Ending>;
 
@@ -222,8 +224,9 @@ fn protocol_error() -> Ending {
 /// What the connection waits on between two steps: owned by its event loop, polled by
 /// [`Connection::poll_event`].
 struct Waits {
+    /// Deliveries, and the hub's kick and lagging notice.
     deliveries: QueueReceiver,
-    kicked: Arc<Latch<Kick>>,
+    /// Raised by the session store when a newer connection took the session elsewhere.
     taken_over: Arc<Latch<()>>,
     /// The positions timer of a persistent session.
     save: Option<tokio::time::Interval>,
@@ -260,6 +263,11 @@ enum Event {
 }
 
 impl Connection {
+    /// Who the guard says the client is.
+    fn principal(&self) -> &Principal {
+        self.principal.as_deref().unwrap_or(&ANONYMOUS)
+    }
+
     /// The event loop. It waits by polling what it waits on ([`Connection::poll_event`])
     /// rather than with `select!`: `select!` keeps a future per branch inside the task for
     /// its whole life, about half a kilobyte that every idle connection carried (issue 9).
@@ -273,15 +281,12 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let Registration {
-            deliveries, kicked, ..
-        } = registration;
+        let Registration { deliveries, .. } = registration;
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let far_future = Duration::from_secs(86_400 * 365);
         let mut waits = Waits {
             deliveries,
-            kicked,
             taken_over,
             // Only a session that outlives its connection has positions to store: the others
             // keep no timer (10 000 idle connections would otherwise wake 2 000 times a second).
@@ -366,7 +371,9 @@ impl Connection {
                 let mut step = self.on_replayed(transport, replayed).await;
                 let mut batch = 1;
                 while step.is_ok() && batch < DELIVERY_BATCH && self.inflight.has_room() {
-                    let Some(next) = try_recv_replay(&mut self.replay) else { break };
+                    let Some(next) = try_recv_replay(&mut self.replay) else {
+                        break;
+                    };
                     step = self.on_replayed(transport, Some(next)).await;
                     batch += 1;
                 }
@@ -388,7 +395,11 @@ impl Connection {
             }
             Event::KeepAliveExpired => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
             Event::TokenExpired => {
-                self.hub.metrics().auth_refusals.with_label_values(&["token_expired"]).inc();
+                self.hub
+                    .metrics()
+                    .auth_refusals
+                    .with_label_values(&["token_expired"])
+                    .inc();
                 tracing::info!(client_id = %self.session.client_id, "token expired: closing the connection");
                 Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
             }
@@ -408,7 +419,7 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if let Poll::Ready(kick) = waits.kicked.poll_raised(cx) {
+        if let Poll::Ready(kick) = waits.deliveries.poll_kicked(cx) {
             return Poll::Ready(Event::Kicked(kick));
         }
         if let Poll::Ready(()) = waits.taken_over.poll_raised(cx) {
