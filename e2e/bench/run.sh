@@ -35,7 +35,8 @@ set -a; source "$STATE/env"; set +a
 log "building release binaries (first time: a few minutes)"
 cargo build -q --release -p mqtt-kafka-proxy --bin mqtt-kafka-proxy --example mqtt_bench
 BENCH="$TARGET/release/examples/mqtt_bench"
-PROXY_BIN="$TARGET/release/mqtt-kafka-proxy"
+# PROXY_BIN: another build of the proxy to measure (an A/B against an older commit, say).
+PROXY_BIN="${PROXY_BIN:-$TARGET/release/mqtt-kafka-proxy}"
 
 # Every connection is a file descriptor in the broker and another in the generator (both
 # children of this shell). The hard limit is as far as a process without CAP_SYS_RESOURCE

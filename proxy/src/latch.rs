@@ -8,6 +8,7 @@
 //! waker of its one waiter, and it can be polled (`poll_raised`), so a connection waits on
 //! it without a future of its own.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -20,6 +21,8 @@ use futures::task::AtomicWaker;
 #[derive(Debug)]
 pub struct Latch<T> {
     value: Mutex<Option<T>>,
+    /// `value` is set (read without the lock).
+    raised: AtomicBool,
     waiter: AtomicWaker,
 }
 
@@ -27,6 +30,7 @@ impl<T: Clone> Latch<T> {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             value: Mutex::new(None),
+            raised: AtomicBool::new(false),
             waiter: AtomicWaker::new(),
         })
     }
@@ -40,6 +44,7 @@ impl<T: Clone> Latch<T> {
             }
             *slot = Some(value);
         }
+        self.raised.store(true, Ordering::Release);
         self.waiter.wake();
     }
 
@@ -53,11 +58,12 @@ impl<T: Clone> Latch<T> {
 
     /// The value once raised; until then the task of `cx` is woken when it is.
     pub fn poll_raised(&self, cx: &mut Context<'_>) -> Poll<T> {
-        if let Some(value) = self.get() {
-            return Poll::Ready(value);
-        }
-        // Registered before the second look: a raise in between is seen by that look.
+        // Registered before the look: a raise after it wakes the task. A connection looks
+        // at every wake-up: until raised, no lock is taken.
         self.waiter.register(cx.waker());
+        if !self.raised.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
         match self.get() {
             Some(value) => Poll::Ready(value),
             None => Poll::Pending,

@@ -47,6 +47,8 @@ struct Shared {
     receiver: AtomicWaker,
     /// The hub marked the connection lagging and it has not looked yet.
     lagging: AtomicBool,
+    /// `State::kick` is set (read without the lock).
+    kicked: AtomicBool,
     /// Bytes of the deliveries queued (see [`weight`]).
     bytes: AtomicUsize,
     capacity: usize,
@@ -67,6 +69,7 @@ pub fn channel(capacity: usize, byte_budget: usize) -> (QueueSender, QueueReceiv
         state: Mutex::new(State::default()),
         receiver: AtomicWaker::new(),
         lagging: AtomicBool::new(false),
+        kicked: AtomicBool::new(false),
         bytes: AtomicUsize::new(0),
         capacity: capacity.max(1),
         budget: byte_budget.max(1),
@@ -123,6 +126,7 @@ impl QueueSender {
             }
             state.kick = Some(kick);
         }
+        self.shared.kicked.store(true, Ordering::Release);
         self.shared.receiver.wake();
     }
 
@@ -190,9 +194,8 @@ impl QueueReceiver {
     /// Ready once the hub marked the connection lagging since the last time this was
     /// ready; until then the task of `cx` is woken when it does.
     pub fn poll_lagging(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shared.lagging.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(());
-        }
+        // Registered before the look: a mark after it wakes the task. (Every wake-up of
+        // the connection looks, so one look, not two.)
         self.shared.receiver.register(cx.waker());
         if self.shared.lagging.swap(false, Ordering::AcqRel) {
             Poll::Ready(())
@@ -204,10 +207,11 @@ impl QueueReceiver {
     /// The kick, once the hub kicked the connection; until then the task of `cx` is woken
     /// when it does.
     pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
-        if let Some(kick) = self.shared.state().kick.clone() {
-            return Poll::Ready(kick);
-        }
         self.shared.receiver.register(cx.waker());
+        // Every wake-up of the connection looks: without a kick, no lock is taken.
+        if !self.shared.kicked.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
         match self.shared.state().kick.clone() {
             Some(kick) => Poll::Ready(kick),
             None => Poll::Pending,

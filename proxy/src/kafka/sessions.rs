@@ -59,9 +59,11 @@ pub struct SessionStore {
     topic: String,
     partitions: i32,
     publisher: Arc<Publisher>,
-    /// Boxed: the table's slots are as large as its values, and a table of 10 000 sessions
-    /// has thousands of empty slots.
-    sessions: RwLock<HashMap<String, Box<SessionState>>>,
+    /// Behind an `Arc`: the table's slots are as large as its values (and a table of
+    /// 10 000 sessions has thousands of empty slots), and the connection of a session holds
+    /// the same state as long as it has not changed it since it stored it, instead of a
+    /// copy of its own (issue 9).
+    sessions: RwLock<HashMap<String, Arc<SessionState>>>,
     /// The offset the reader reads next, per partition.
     read_up_to: Mutex<BTreeMap<i32, i64>>,
     /// CONNECTs waiting for the reader to pass an offset, per partition and offset: each
@@ -424,7 +426,7 @@ impl SessionStore {
                 return Err(error);
             }
         };
-        if let Some(newer) = self.put(state) {
+        if let Some(newer) = self.put(Arc::new(state)) {
             // A stale writer's record landed after the newer one: compaction would keep
             // the stale one, so the process that holds the newer one writes it again.
             if newer.host.as_deref() == Some(self.instance.as_str()) {
@@ -449,16 +451,21 @@ impl SessionStore {
     }
 
     /// Puts a state in the view unless the view has a newer generation already (returned
-    /// then); tells a watcher of an older generation that its session was taken over.
-    fn put(&self, state: SessionState) -> Option<SessionState> {
+    /// then); tells a watcher of an older generation that its session was taken over. A
+    /// state equal to the one in the view (a record of ours read back) leaves that one
+    /// there: its connection may share it.
+    fn put(&self, state: Arc<SessionState>) -> Option<SessionState> {
         let generation = state.generation;
         let client_id = state.client_id.clone();
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(newer) = sessions.get(&client_id).filter(|s| s.generation > generation) {
-                return Some(SessionState::clone(newer));
+            match sessions.get(&client_id) {
+                Some(newer) if newer.generation > generation => return Some(SessionState::clone(newer)),
+                Some(same) if Arc::ptr_eq(same, &state) || **same == *state => {}
+                _ => {
+                    sessions.insert(client_id.clone(), state);
+                }
             }
-            sessions.insert(client_id.clone(), Box::new(state));
         }
         if let Some(watcher) = locked(&self.watchers).get(&client_id)
             && watcher.generation < generation
@@ -543,10 +550,19 @@ impl SessionStore {
 
     /// Stores `state` and waits for Kafka's acknowledgement; the view has it at once.
     pub async fn store(&self, state: &SessionState) -> Result<(), SessionError> {
-        if self
+        self.store_shared(&Arc::new(state.clone())).await
+    }
+
+    /// As [`Self::store`], and the view keeps `state` itself: a connection that holds it
+    /// shares it with the view until it changes it.
+    pub async fn store_shared(&self, state: &Arc<SessionState>) -> Result<(), SessionError> {
+        let newer_stored = self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&state.client_id)
-            .is_some_and(|s| s.generation > state.generation)
-        {
+            .is_some_and(|s| s.generation > state.generation);
+        if newer_stored {
             return Err(SessionError::Superseded {
                 client_id: state.client_id.clone(),
                 generation: state.generation,
@@ -557,7 +573,7 @@ impl SessionStore {
         let written = self
             .publisher
             .enqueue_keyed(&self.topic, partition, &state.client_id, Some(&value))?;
-        let _ = self.put(state.clone());
+        let _ = self.put(Arc::clone(state));
         written.await?;
         Ok(())
     }
@@ -641,6 +657,26 @@ mod tests {
         assert!(s.get("c").is_none());
         assert!(s.apply("c", Some(b"not json")).is_err());
         assert_eq!(s.skipped(), 1);
+    }
+
+    #[test]
+    fn a_state_read_back_unchanged_stays_shared_with_its_connection() {
+        let s = store();
+        let mine = Arc::new(state(2));
+        assert!(s.put(Arc::clone(&mine)).is_none());
+        // Our own record read back from Kafka: equal, so the shared state stays.
+        s.apply("c", Some(&state(2).encode())).expect("a session");
+        let held = |s: &SessionStore| Arc::clone(s.sessions.read().expect("view").get("c").expect("held"));
+        assert!(
+            Arc::ptr_eq(&held(&s), &mine),
+            "one state for the view and the connection"
+        );
+        // A changed state of the same generation replaces it.
+        let mut changed = state(2);
+        changed.expiry_secs = 600;
+        s.apply("c", Some(&changed.encode())).expect("a session");
+        assert!(!Arc::ptr_eq(&held(&s), &mine));
+        assert_eq!(s.get("c").map(|s| s.expiry_secs), Some(600));
     }
 
     #[test]

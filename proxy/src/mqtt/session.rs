@@ -84,7 +84,8 @@ pub fn publish_will(hub: &Arc<Hub>, will: &StoredWill, client_id: &str) {
 
 /// A session opened for a CONNECT.
 pub struct Opened {
-    pub state: SessionState,
+    /// The state as stored, shared with the session view.
+    pub state: Arc<SessionState>,
     pub session_present: bool,
 }
 
@@ -102,12 +103,13 @@ pub async fn open(hub: &Arc<Hub>, store: &Arc<SessionStore>, request: ConnectReq
         // partition were most of what an idle clean-session connection held).
         outcome.state.positions = hub.fanout_positions();
     }
-    store.store(&outcome.state).await?;
+    let state = Arc::new(outcome.state);
+    store.store_shared(&state).await?;
     if let Some(will) = &outcome.ended_will {
         publish_will(hub, will, &client_id);
     }
     Ok(Opened {
-        state: outcome.state,
+        state,
         session_present: outcome.session_present,
     })
 }

@@ -10,6 +10,7 @@ use super::*;
 use crate::auth::Security;
 use crate::auth::guard::{Admitted, Refused};
 use crate::auth::policy::Principal;
+use crate::broker::session::StoredSubscription;
 
 /// Who the client of `connect` is, and when its token expires (seconds since the epoch),
 /// or the reason to refuse it: its credentials (when a guard is configured) and its will
@@ -114,8 +115,10 @@ impl Connection {
 
 /// What `principal` may keep of a resumed session's subscriptions (its rights may have
 /// changed since they were made).
-pub(super) fn allowed_subscriptions(security: &Security, principal: &Principal, session: &mut SessionState) {
-    session
-        .subscriptions
-        .retain(|s| security.policy.subscribe(principal, &s.filter).is_ok());
+pub(super) fn allowed_subscriptions(security: &Security, principal: &Principal, session: &mut Arc<SessionState>) {
+    let allowed = |s: &StoredSubscription| security.policy.subscribe(principal, &s.filter).is_ok();
+    // Changed (and so copied from the state the session view shares) only when needed.
+    if !session.subscriptions.iter().all(allowed) {
+        Arc::make_mut(session).subscriptions.retain(allowed);
+    }
 }

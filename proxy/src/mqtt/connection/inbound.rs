@@ -273,8 +273,9 @@ impl Connection {
                 }
             }
             let stored = StoredSubscription::from_subscription(&subscription);
-            self.session.subscriptions.retain(|s| s.filter != stored.filter);
-            self.session.subscriptions.push(stored);
+            let session = Arc::make_mut(&mut self.session);
+            session.subscriptions.retain(|s| s.filter != stored.filter);
+            session.subscriptions.push(stored);
             status.push(granted_reason(granted));
         }
         // The subscriptions are stored before SUBACK: they survive this process.
@@ -303,7 +304,11 @@ impl Connection {
             .topic_filters
             .iter()
             .map(|filter| {
-                self.session.subscriptions.retain(|s| s.filter != **filter);
+                if self.session.subscriptions.iter().any(|s| s.filter == **filter) {
+                    Arc::make_mut(&mut self.session)
+                        .subscriptions
+                        .retain(|s| s.filter != **filter);
+                }
                 if self.hub.unsubscribe(self.id, filter) {
                     UnsubscribeAckReason::Success
                 } else {

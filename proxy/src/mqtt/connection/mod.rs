@@ -192,7 +192,8 @@ struct Connection {
     qos2_received: BTreeSet<u16>,
     /// The session as stored (subscriptions, will, expiry); its client id is the
     /// connection's.
-    session: SessionState,
+    /// Shared with the session view until the connection changes it (copy on write).
+    session: Arc<SessionState>,
     /// The positions last stored, to store them again only when they moved.
     saved_positions: Positions,
     /// The hub said this connection lags: catch up once the live queue is drained.
@@ -524,7 +525,7 @@ impl Connection {
                 session::publish_will(&hub, will, &self.session.client_id);
             }
         } else {
-            let mut state = self.session.clone();
+            let mut state = SessionState::clone(&self.session);
             state.qos2_pending = self.qos2_received.iter().copied().collect();
             prune_outbound(&mut state.outbound, &positions);
             session::close(

@@ -58,7 +58,7 @@ impl Connection {
         if let (Some(id), Some(origin)) = (packet_id, &outgoing.origin) {
             self.origins.insert(id.get(), origin.clone());
             if self.session.keeps_outbound(dup, outgoing.shared) {
-                self.session.outbound.push(StoredOutbound {
+                Arc::make_mut(&mut self.session).outbound.push(StoredOutbound {
                     packet_id: id.get(),
                     topic: origin.topic.to_string(),
                     partition: origin.partition,
@@ -156,13 +156,16 @@ impl Connection {
     fn outbound_entry(&mut self, id: NonZeroU16, origin: &Origin) -> Option<&mut StoredOutbound> {
         // From the newest: completed entries pile up at the front until the next save
         // prunes them (thousands at a high rate), the ones in flight are near the end.
-        self.session.outbound.iter_mut().rev().find(|o| {
+        // Found first, then changed: a session without the entry (every clean session)
+        // is not copied from the state it shares with the session view.
+        let index = self.session.outbound.iter().rposition(|o| {
             o.packet_id == id.get()
                 && !o.completed
                 && o.partition == origin.partition
                 && o.offset == origin.offset
                 && *o.topic == *origin.topic
-        })
+        })?;
+        Arc::make_mut(&mut self.session).outbound.get_mut(index)
     }
 
     /// QoS 2: PUBREC came for `id`; stored before PUBREL goes out, so that a resumed
@@ -216,12 +219,14 @@ impl Connection {
         if !self.session.is_persistent() {
             return;
         }
-        self.session.positions = self.hub.positions(self.id);
-        self.saved_positions = self.session.positions.clone();
-        prune_outbound(&mut self.session.outbound, &self.session.positions);
+        let positions = self.hub.positions(self.id);
+        let session = Arc::make_mut(&mut self.session);
+        session.positions = positions;
+        self.saved_positions = session.positions.clone();
+        prune_outbound(&mut session.outbound, &session.positions);
         // Boxed: a write to Kafka is a large future, and every state it is awaited from would
         // otherwise carry it in each connection's task, idle or not.
-        if let Err(error) = Box::pin(self.sessions.store(&self.session)).await {
+        if let Err(error) = Box::pin(self.sessions.store_shared(&self.session)).await {
             tracing::warn!(client_id = %self.session.client_id, %error, "session not stored");
         }
     }
@@ -230,7 +235,7 @@ impl Connection {
         let mut pending: Vec<u16> = self.qos2_received.iter().copied().collect();
         pending.sort_unstable();
         if pending != self.session.qos2_pending {
-            self.session.qos2_pending = pending;
+            Arc::make_mut(&mut self.session).qos2_pending = pending;
             self.store_session().await;
         }
     }
@@ -246,11 +251,12 @@ impl Connection {
             return;
         }
         self.saved_positions = positions.clone();
-        self.session.positions = positions;
-        prune_outbound(&mut self.session.outbound, &self.session.positions);
-        let (sessions, state) = (Arc::clone(&self.sessions), self.session.clone());
+        let session = Arc::make_mut(&mut self.session);
+        session.positions = positions;
+        prune_outbound(&mut session.outbound, &session.positions);
+        let (sessions, state) = (Arc::clone(&self.sessions), Arc::clone(&self.session));
         tokio::spawn(async move {
-            if let Err(error) = sessions.store(&state).await {
+            if let Err(error) = sessions.store_shared(&state).await {
                 tracing::debug!(client_id = %state.client_id, %error, "positions not stored");
             }
         });
