@@ -311,6 +311,13 @@ async fn connect_kafka(
         metrics: Arc::clone(metrics),
     };
     let mut tasks = Vec::new();
+    // Keep-alive deadlines are swept, not timed per connection (a silent client is closed
+    // at most half a second after one and a half times its keep-alive).
+    tasks.push(supervise(
+        liveness,
+        "keep-alive sweep",
+        hub.sweep_keep_alive_every(Duration::from_millis(500)),
+    ));
     let sink: Arc<dyn RecordSink> = hub.clone();
     for topic in hub.messages_topics() {
         let reader = consumer::start_fanout(

@@ -20,8 +20,8 @@ mod dispatch;
 mod queue;
 mod share;
 
-pub use queue::QueueReceiver;
 use queue::QueueSender;
+pub use queue::{NO_DEADLINE, QueueReceiver};
 pub use share::ShareRuntime;
 use share::Shares;
 
@@ -138,6 +138,8 @@ struct Live {
 
 /// 0x8E Session taken over.
 pub const SESSION_TAKEN_OVER: u8 = 0x8E;
+/// 0x8D Keep Alive timeout.
+pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
 
 pub struct Hub {
     routes: RouteTable,
@@ -147,6 +149,8 @@ pub struct Hub {
     queue_capacity: usize,
     queue_bytes: usize,
     next_id: AtomicU64,
+    /// Where [`Hub::clock_ms`] counts from.
+    epoch: std::time::Instant,
     /// Boxed: a table slot is as large as its value, and most slots of a large table are empty.
     live: RwLock<HashMap<ConnId, Box<Live>>>,
     clients: Mutex<HashMap<String, ConnId>>,
@@ -205,6 +209,7 @@ impl Hub {
             queue_capacity: queue_capacity.max(1),
             queue_bytes,
             next_id: AtomicU64::new(1),
+            epoch: std::time::Instant::now(),
             live: RwLock::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             indexes,
@@ -325,6 +330,44 @@ impl Hub {
 
     pub fn connection_count(&self) -> usize {
         read(&self.live).values().filter(|l| !l.dispatcher).count()
+    }
+
+    /// The hub's clock, in milliseconds: what keep-alive deadlines are set in.
+    pub fn clock_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Kicks every connection whose keep-alive deadline is before `now_ms` with 0x8D
+    /// (Keep Alive timeout); returns how many. One sweep over the connections instead of
+    /// a timer per connection: an idle connection holds no timer (issue 9), and a packet
+    /// moves its deadline with one store instead of a timer-wheel update.
+    pub fn sweep_keep_alive(&self, now_ms: u64) -> usize {
+        let live = read(&self.live);
+        let mut kicked = 0;
+        for connection in live.values() {
+            if connection.deliveries.deadline_ms() < now_ms {
+                connection.deliveries.kick(Kick {
+                    reason: KEEP_ALIVE_TIMEOUT,
+                    server_reference: None,
+                });
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
+    /// Sweeps keep-alive deadlines every `every` (see [`Hub::sweep_keep_alive`]): a silent
+    /// client is closed at most that much after one and a half times its keep-alive.
+    pub fn sweep_keep_alive_every(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                hub.sweep_keep_alive(hub.clock_ms());
+            }
+        })
     }
 
     /// Tells connection `id` to close.
@@ -727,3 +770,6 @@ impl RecordSink for Hub {
         self.set_retained(topic, message.map(Arc::new));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,7 +13,7 @@
 //! a `VecDeque` that is given back whenever the connection has taken them all.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -21,6 +21,9 @@ use futures::task::AtomicWaker;
 
 use super::{Kick, Outgoing};
 use crate::broker::message::Message;
+
+/// A keep-alive deadline that never passes.
+pub const NO_DEADLINE: u64 = u64::MAX;
 
 /// What one delivery is counted as: the payload and topic it may keep alive, and the
 /// delivery's own bookkeeping.
@@ -49,6 +52,10 @@ struct Shared {
     lagging: AtomicBool,
     /// `State::kick` is set (read without the lock).
     kicked: AtomicBool,
+    /// When the connection's keep-alive runs out, on the hub's clock ([`NO_DEADLINE`]: it
+    /// has none). The connection moves it on at every packet; the hub's sweep kicks it
+    /// once passed, so an idle connection needs no timer of its own.
+    deadline_ms: AtomicU64,
     /// Bytes of the deliveries queued (see [`weight`]).
     bytes: AtomicUsize,
     capacity: usize,
@@ -70,6 +77,7 @@ pub fn channel(capacity: usize, byte_budget: usize) -> (QueueSender, QueueReceiv
         receiver: AtomicWaker::new(),
         lagging: AtomicBool::new(false),
         kicked: AtomicBool::new(false),
+        deadline_ms: AtomicU64::new(NO_DEADLINE),
         bytes: AtomicUsize::new(0),
         capacity: capacity.max(1),
         budget: byte_budget.max(1),
@@ -115,6 +123,11 @@ impl QueueSender {
         }
         self.shared.receiver.wake();
         Ok(())
+    }
+
+    /// When the connection's keep-alive runs out ([`NO_DEADLINE`]: never).
+    pub fn deadline_ms(&self) -> u64 {
+        self.shared.deadline_ms.load(Ordering::Relaxed)
     }
 
     /// Tells the connection to close (the first kick counts; later ones are ignored).
@@ -221,6 +234,12 @@ impl QueueReceiver {
     /// Waits until the hub marks the connection lagging. Cancel-safe.
     pub async fn lagging(&self) {
         std::future::poll_fn(|cx| self.poll_lagging(cx)).await;
+    }
+
+    /// Sets when the connection's keep-alive runs out, on the hub's clock
+    /// ([`NO_DEADLINE`]: never).
+    pub fn set_deadline(&self, at_ms: u64) {
+        self.shared.deadline_ms.store(at_ms, Ordering::Relaxed);
     }
 
     /// The next delivery if one is waiting.

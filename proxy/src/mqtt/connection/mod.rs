@@ -39,7 +39,10 @@ use crate::auth::policy::Principal;
 use crate::broker::message::{MessageProperties, now_ms};
 use crate::broker::session::{ConnectRequest, Departure, SessionState, prune_outbound};
 use crate::cluster::ownership::{self, Placement};
-use crate::hub::{ConnId, Hub, Kick, Origin, Outgoing, Positions, QueueReceiver, Registration, SESSION_TAKEN_OVER};
+use crate::hub::{
+    ConnId, Hub, KEEP_ALIVE_TIMEOUT, Kick, NO_DEADLINE, Origin, Outgoing, Positions, QueueReceiver, Registration,
+    SESSION_TAKEN_OVER,
+};
 use crate::kafka::producer::PublishError;
 use crate::kafka::replay::{Catching, Replayed, Replayer};
 use crate::kafka::sessions::SessionStore;
@@ -149,6 +152,7 @@ impl Ending {
                 0x9C => DisconnectReasonCode::UseAnotherServer,
                 0x9D => DisconnectReasonCode::ServerMoved,
                 0x8B => DisconnectReasonCode::ServerShuttingDown,
+                KEEP_ALIVE_TIMEOUT => DisconnectReasonCode::KeepAliveTimeout,
                 _ => DisconnectReasonCode::UnspecifiedError,
             }),
         }
@@ -231,8 +235,6 @@ struct Waits {
     taken_over: Arc<Latch<()>>,
     /// The positions timer of a persistent session.
     save: Option<tokio::time::Interval>,
-    /// Keep-alive: one and a half times the interval without a packet closes it.
-    deadline: Pin<Box<Sleep>>,
     /// Boxed: most connections have no token deadline and need no timer for it.
     token_expiry: Option<Pin<Box<Sleep>>>,
 }
@@ -259,7 +261,6 @@ enum Event {
     Lagging,
     SaveTick,
     Qos0Done,
-    KeepAliveExpired,
     TokenExpired,
 }
 
@@ -284,8 +285,9 @@ impl Connection {
     {
         let Registration { deliveries, .. } = registration;
         // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
-        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let far_future = Duration::from_secs(86_400 * 365);
+        // The deadline sits in the delivery queue, where the hub's sweep looks for the
+        // ones that passed (`Hub::sweep_keep_alive`): no timer per connection.
+        let grace = (keep_alive > 0).then(|| u64::from(keep_alive) * 1500);
         let mut waits = Waits {
             deliveries,
             taken_over,
@@ -295,9 +297,9 @@ impl Connection {
                 .session
                 .is_persistent()
                 .then(|| tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY)),
-            deadline: Box::pin(tokio::time::sleep(grace.unwrap_or(far_future))),
             token_expiry: self.token_deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
         };
+        self.keep_alive_from_now(&waits, grace);
         let mut paused = false;
         loop {
             if self.catch_up_wanted && self.replay.is_none() && waits.deliveries.is_empty() {
@@ -306,13 +308,13 @@ impl Connection {
             // A 3.1.1 client is not read from while its window is full (`reads_more`); that
             // silence is ours, so keep-alive starts again when reading does.
             let reading = self.reads_more();
-            if reading
-                && std::mem::replace(&mut paused, false)
-                && let Some(grace) = grace
-            {
-                waits.deadline.as_mut().reset(Instant::now() + grace);
+            if reading && std::mem::replace(&mut paused, false) {
+                self.keep_alive_from_now(&waits, grace);
             }
-            paused |= !reading;
+            if !reading && !paused {
+                waits.deliveries.set_deadline(NO_DEADLINE);
+                paused = true;
+            }
             let gates = Gates {
                 reading,
                 live_open: self.replay.is_none() && self.inflight.has_room(),
@@ -332,12 +334,19 @@ impl Connection {
         }
     }
 
+    /// Keep-alive runs out `grace` milliseconds from now (never without one).
+    fn keep_alive_from_now(&self, waits: &Waits, grace: Option<u64>) {
+        if let Some(grace) = grace {
+            waits.deliveries.set_deadline(self.hub.clock_ms().saturating_add(grace));
+        }
+    }
+
     /// Handles what woke the connection.
     async fn on_event<S>(
         &mut self,
         transport: &mut Transport<S>,
         waits: &mut Waits,
-        grace: Option<Duration>,
+        grace: Option<u64>,
         event: Event,
     ) -> Step
     where
@@ -355,9 +364,7 @@ impl Connection {
                 self.on_kafka_ack(transport, id, qos, result).await
             }
             Event::Packet(Some(Ok(packet))) => {
-                if let Some(grace) = grace {
-                    waits.deadline.as_mut().reset(Instant::now() + grace);
-                }
+                self.keep_alive_from_now(waits, grace);
                 self.on_packet(transport, packet).await
             }
             Event::Packet(Some(Err(error))) => {
@@ -394,7 +401,6 @@ impl Connection {
                 release_if_empty(&mut self.qos0_deliveries, |set| set.is_empty());
                 Ok(())
             }
-            Event::KeepAliveExpired => Err(Ending::Abnormal(Some(DisconnectReasonCode::KeepAliveTimeout))),
             Event::TokenExpired => {
                 self.hub
                     .metrics()
@@ -459,9 +465,6 @@ impl Connection {
             && let Poll::Ready(Some(_)) = deliveries.poll_next_unpin(cx)
         {
             return Poll::Ready(Event::Qos0Done);
-        }
-        if gates.reading && waits.deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Event::KeepAliveExpired);
         }
         if let Some(expiry) = waits.token_expiry.as_mut()
             && expiry.as_mut().poll(cx).is_ready()
