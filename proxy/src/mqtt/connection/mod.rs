@@ -174,9 +174,8 @@ struct Connection {
     replayer: Arc<Replayer>,
     limits: Arc<Limits>,
     security: Arc<crate::auth::Security>,
-    /// Who the guard says the client is.
-    /// (`None`: nobody in particular, as without a guard: most connections, which need
-    /// not carry 72 bytes for it.)
+    /// Who the guard says the client is; `None`: nobody in particular, as without a guard
+    /// (most connections, which need not carry 72 bytes for it).
     principal: Option<Box<Principal>>,
     /// When its token expires: the connection ends then (5.0: DISCONNECT 0xA0).
     token_deadline: Option<Instant>,
@@ -194,9 +193,8 @@ struct Connection {
     qos0_deliveries: Option<Box<FuturesUnordered<Qos0Delivery>>>,
     /// QoS 2 packet ids acknowledged with PUBREC, waiting for PUBREL.
     qos2_received: BTreeSet<u16>,
-    /// The session as stored (subscriptions, will, expiry); its client id is the
-    /// connection's.
-    /// Shared with the session view until the connection changes it (copy on write).
+    /// The session (subscriptions, will, expiry); its client id is the connection's. Shared
+    /// with the session view until the connection changes it (copy on write).
     session: Arc<SessionState>,
     /// The positions last stored, to store them again only when they moved.
     saved_positions: Positions,
