@@ -69,23 +69,23 @@ impl<T: Clone> Latch<T> {
             None => Poll::Pending,
         }
     }
-
-    /// Waits until the value is raised and returns it. Cancel-safe.
-    pub async fn raised(&self) -> T {
-        std::future::poll_fn(|cx| self.poll_raised(cx)).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Waits until `latch` is raised, as a connection does.
+    async fn raised<T: Clone>(latch: &Latch<T>) -> T {
+        std::future::poll_fn(|cx| latch.poll_raised(cx)).await
+    }
     use std::time::Duration;
 
     #[tokio::test]
     async fn a_raise_before_the_wait_is_not_lost() {
         let latch = Latch::new();
         latch.raise(7);
-        assert_eq!(latch.raised().await, 7);
+        assert_eq!(raised(&latch).await, 7);
     }
 
     #[tokio::test]
@@ -93,7 +93,7 @@ mod tests {
         let latch = Latch::<u8>::new();
         let waiter = tokio::spawn({
             let latch = Arc::clone(&latch);
-            async move { latch.raised().await }
+            async move { raised(&latch).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "nothing raised yet");
@@ -107,7 +107,7 @@ mod tests {
     async fn unraised_it_stays_pending() {
         let latch = Latch::<u8>::new();
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), latch.raised())
+            tokio::time::timeout(Duration::from_millis(20), raised(&latch))
                 .await
                 .is_err()
         );

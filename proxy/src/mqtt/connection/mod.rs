@@ -248,18 +248,37 @@ struct Gates {
     replay_open: bool,
 }
 
-/// What woke the connection, in the order it is looked at.
+/// What woke the connection.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "taken apart as soon as `poll_event` returns it; boxing would allocate per packet"
+)]
 enum Event {
+    /// Handled on the spot.
+    Signal(Signal),
+    /// Handled by a boxed future (it writes to the client or waits for Kafka).
+    Work(Work),
+}
+
+/// What the connection handles without waiting: no allocation for it (a QoS 0 PUBLISH
+/// acknowledged by Kafka is one of these, per message).
+enum Signal {
     Kicked(Kick),
     TakenOver,
-    KafkaAck(NonZeroU16, u8, Result<(), AckError>),
-    Packet(Option<Result<Packet, DecodeError>>),
-    Delivery(Outgoing),
-    Replayed(Option<Replayed>),
+    Undecodable(DecodeError),
+    Closed,
     Lagging,
     SaveTick,
     Qos0Done,
     TokenExpired,
+}
+
+/// What the connection handles with writes to the client or waits on Kafka.
+enum Work {
+    KafkaAck(NonZeroU16, u8, Result<(), AckError>),
+    Packet(Packet),
+    Delivery(Outgoing),
+    Replayed(Option<Replayed>),
 }
 
 impl Connection {
@@ -318,11 +337,24 @@ impl Connection {
                 live_open: self.replay.is_none() && self.inflight.has_room(),
                 replay_open: self.replay.is_some() && self.inflight.has_room(),
             };
-            let event = std::future::poll_fn(|cx| self.poll_event(cx, transport, &mut waits, gates)).await;
-            // Boxed: the handling of an event (and the event itself, a packet can be a few
-            // hundred bytes) exists only while it runs instead of being part of every
-            // connection's task, which an idle connection would carry for nothing.
-            let step = Box::pin(self.on_event(transport, &mut waits, grace, event)).await;
+            // The work is boxed: it (and what it works on, a packet can be a few hundred
+            // bytes) exists only while it runs instead of being part of every connection's
+            // task, which an idle connection would carry for nothing. The event lives in a
+            // block that ends before the work is awaited: a local in scope at an `.await`
+            // keeps its place in the task, moved out or not.
+            let step = {
+                let working = {
+                    let event = std::future::poll_fn(|cx| self.poll_event(cx, transport, &mut waits, gates)).await;
+                    match event {
+                        Event::Signal(signal) => Err(self.on_signal(signal)),
+                        Event::Work(work) => Ok(Box::pin(self.on_work(transport, &mut waits, grace, work))),
+                    }
+                };
+                match working {
+                    Ok(working) => working.await,
+                    Err(step) => step,
+                }
+            };
             if let Err(ending) = step {
                 return ending;
             }
@@ -339,39 +371,68 @@ impl Connection {
         }
     }
 
-    /// Handles what woke the connection.
-    async fn on_event<S>(
-        &mut self,
-        transport: &mut Transport<S>,
-        waits: &mut Waits,
-        grace: Option<u64>,
-        event: Event,
-    ) -> Step
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        match event {
-            Event::Kicked(kick) => Err(if kick.reason == SESSION_TAKEN_OVER {
+    /// Handles a signal: the connection's end, or a note for its next steps.
+    fn on_signal(&mut self, signal: Signal) -> Step {
+        match signal {
+            Signal::Kicked(kick) => Err(if kick.reason == SESSION_TAKEN_OVER {
                 Ending::TakenOver
             } else {
                 Ending::Kicked(kick)
             }),
-            Event::TakenOver => Err(Ending::TakenOver),
-            Event::KafkaAck(id, qos, result) => {
-                release_if_empty(&mut self.pending_acks, |set| set.is_empty());
-                self.on_kafka_ack(transport, id, qos, result).await
-            }
-            Event::Packet(Some(Ok(packet))) => {
-                self.keep_alive_from_now(waits, grace);
-                self.on_packet(transport, packet).await
-            }
-            Event::Packet(Some(Err(error))) => {
+            Signal::TakenOver => Err(Ending::TakenOver),
+            Signal::Undecodable(error) => {
                 tracing::debug!(client_id = %self.session.client_id, %error, "undecodable packet");
                 Err(Ending::Abnormal(Some(error.to_reason_code())))
             }
-            Event::Packet(None) => Err(Ending::Abnormal(None)),
-            Event::Delivery(outgoing) => self.deliver_batch(transport, outgoing, &waits.deliveries).await,
-            Event::Replayed(replayed) => {
+            Signal::Closed => Err(Ending::Abnormal(None)),
+            Signal::Lagging => {
+                self.catch_up_wanted = true;
+                Ok(())
+            }
+            Signal::SaveTick => {
+                self.save_positions();
+                Ok(())
+            }
+            // A QoS 0 PUBLISH that did not reach Kafka is counted and logged (rate-limited)
+            // by the producer: one line per message would flood the log in an outage.
+            Signal::Qos0Done => {
+                release_if_empty(&mut self.qos0_deliveries, |set| set.is_empty());
+                Ok(())
+            }
+            Signal::TokenExpired => {
+                self.hub
+                    .metrics()
+                    .auth_refusals
+                    .with_label_values(&["token_expired"])
+                    .inc();
+                tracing::info!(client_id = %self.session.client_id, "token expired: closing the connection");
+                Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
+            }
+        }
+    }
+
+    /// Does the work a packet, a Kafka acknowledgement or a delivery asks for.
+    async fn on_work<S>(
+        &mut self,
+        transport: &mut Transport<S>,
+        waits: &mut Waits,
+        grace: Option<u64>,
+        work: Work,
+    ) -> Step
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        match work {
+            Work::KafkaAck(id, qos, result) => {
+                release_if_empty(&mut self.pending_acks, |set| set.is_empty());
+                self.on_kafka_ack(transport, id, qos, result).await
+            }
+            Work::Packet(packet) => {
+                self.keep_alive_from_now(waits, grace);
+                self.on_packet(transport, packet).await
+            }
+            Work::Delivery(outgoing) => self.deliver_batch(transport, outgoing, &waits.deliveries).await,
+            Work::Replayed(replayed) => {
                 // As with live deliveries: what else the catch-up has ready goes out with
                 // the same flush.
                 let mut step = self.on_replayed(transport, replayed).await;
@@ -384,29 +445,6 @@ impl Connection {
                     batch += 1;
                 }
                 step
-            }
-            Event::Lagging => {
-                self.catch_up_wanted = true;
-                Ok(())
-            }
-            Event::SaveTick => {
-                self.save_positions();
-                Ok(())
-            }
-            // A QoS 0 PUBLISH that did not reach Kafka is counted and logged (rate-limited)
-            // by the producer: one line per message would flood the log in an outage.
-            Event::Qos0Done => {
-                release_if_empty(&mut self.qos0_deliveries, |set| set.is_empty());
-                Ok(())
-            }
-            Event::TokenExpired => {
-                self.hub
-                    .metrics()
-                    .auth_refusals
-                    .with_label_values(&["token_expired"])
-                    .inc();
-                tracing::info!(client_id = %self.session.client_id, "token expired: closing the connection");
-                Err(Ending::Abnormal(Some(DisconnectReasonCode::MaximumConnectTime)))
             }
         }
     }
@@ -425,49 +463,53 @@ impl Connection {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if let Poll::Ready(kick) = waits.deliveries.poll_kicked(cx) {
-            return Poll::Ready(Event::Kicked(kick));
+            return Poll::Ready(Event::Signal(Signal::Kicked(kick)));
         }
         if let Poll::Ready(()) = waits.taken_over.poll_raised(cx) {
-            return Poll::Ready(Event::TakenOver);
+            return Poll::Ready(Event::Signal(Signal::TakenOver));
         }
         if let Some(acks) = self.pending_acks.as_mut().filter(|acks| !acks.is_empty())
             && let Poll::Ready(Some((id, qos, result))) = acks.poll_next_unpin(cx)
         {
-            return Poll::Ready(Event::KafkaAck(id, qos, result));
+            return Poll::Ready(Event::Work(Work::KafkaAck(id, qos, result)));
         }
         if gates.reading
             && let Poll::Ready(packet) = transport.poll_next_unpin(cx)
         {
-            return Poll::Ready(Event::Packet(packet));
+            return Poll::Ready(match packet {
+                Some(Ok(packet)) => Event::Work(Work::Packet(packet)),
+                Some(Err(error)) => Event::Signal(Signal::Undecodable(error)),
+                None => Event::Signal(Signal::Closed),
+            });
         }
         // A closed queue (`None`) is left alone: the hub closes it only with a kick.
         if gates.live_open
             && let Poll::Ready(Some(outgoing)) = waits.deliveries.poll_recv(cx)
         {
-            return Poll::Ready(Event::Delivery(outgoing));
+            return Poll::Ready(Event::Work(Work::Delivery(outgoing)));
         }
         if gates.replay_open
             && let Poll::Ready(replayed) = poll_replay(&mut self.replay, cx)
         {
-            return Poll::Ready(Event::Replayed(replayed));
+            return Poll::Ready(Event::Work(Work::Replayed(replayed)));
         }
         if let Poll::Ready(()) = waits.deliveries.poll_lagging(cx) {
-            return Poll::Ready(Event::Lagging);
+            return Poll::Ready(Event::Signal(Signal::Lagging));
         }
         if let Some(save) = waits.save.as_mut()
             && save.poll_tick(cx).is_ready()
         {
-            return Poll::Ready(Event::SaveTick);
+            return Poll::Ready(Event::Signal(Signal::SaveTick));
         }
         if let Some(deliveries) = self.qos0_deliveries.as_mut().filter(|set| !set.is_empty())
             && let Poll::Ready(Some(_)) = deliveries.poll_next_unpin(cx)
         {
-            return Poll::Ready(Event::Qos0Done);
+            return Poll::Ready(Event::Signal(Signal::Qos0Done));
         }
         if let Some(expiry) = waits.token_expiry.as_mut()
             && expiry.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Event::TokenExpired);
+            return Poll::Ready(Event::Signal(Signal::TokenExpired));
         }
         Poll::Pending
     }
