@@ -159,14 +159,45 @@ if [[ " $PARTS " == *" idle "* ]]; then
   done
 fi
 
+# produce_p99 BEFORE AFTER: from two scrapes of the proxy's /metrics, the p99 (the upper
+# bound of its bucket, ms) and count of the Kafka acknowledgements between them, by kind:
+# {"qos0": [p99, n], ...}. It tells how much of a PUBACK's p99 Kafka took.
+produce_p99() {
+  python3 - "$1" "$2" <<'PY'
+import json, re, sys
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'mqtt_kafka_kafka_produce_seconds_bucket\{kind="(\w+)",le="([^"]+)"\} (\S+)', line)
+        if m:
+            out.setdefault(m[1], []).append((float(m[2]), float(m[3])))
+    return out
+before, after = buckets(sys.argv[1]), buckets(sys.argv[2])
+result = {}
+for kind, rows in after.items():
+    old = dict(before.get(kind, []))
+    delta = [(le, n - old.get(le, 0.0)) for le, n in rows]
+    total = delta[-1][1] if delta else 0
+    if total > 0:
+        p99 = next(le for le, n in delta if n >= 0.99 * total)
+        result[kind] = [p99 * 1000 if p99 != float("inf") else None, total]
+print(json.dumps(result))
+PY
+}
+
 measure() { # BROKER MODE ARGS...: one generator run; its JSON line, with the broker's CPU, to $results
-  local broker="$1" mode="$2" pid port t0; shift 2
+  local broker="$1" mode="$2" pid port t0 produce="{}"; shift 2
   if [[ $broker == proxy ]]; then pid=$proxy_pid port=$PROXY_PORT; else pid=$mosquitto_pid port=$MOSQUITTO_PORT; fi
+  [[ $broker == proxy ]] && curl -fs "127.0.0.1:$ADMIN_PORT/metrics" > "$dir/metrics.before" || true
   t0=$(cpu_ticks "$pid")
   "$BENCH" --broker "127.0.0.1:$port" --source "127.$src.0.1" "$mode" "$@" 2>> "$dir/generator.log" \
-    | sed "s/^{/{\"broker\":\"$broker\",\"broker_cpu_secs\":__CPU__,/" > "$dir/run.json"
+    | sed "s/^{/{\"broker\":\"$broker\",\"broker_cpu_secs\":__CPU__,\"kafka_produce\":__PRODUCE__,/" > "$dir/run.json"
   src=$((src + 1))
-  sed "s/__CPU__/$(awk -v a="$t0" -v b="$(cpu_ticks "$pid")" 'BEGIN {print (b - a) / 100}')/" "$dir/run.json" \
+  if [[ $broker == proxy ]] && curl -fs "127.0.0.1:$ADMIN_PORT/metrics" > "$dir/metrics.after"; then
+    produce=$(produce_p99 "$dir/metrics.before" "$dir/metrics.after")
+  fi
+  sed -e "s/__CPU__/$(awk -v a="$t0" -v b="$(cpu_ticks "$pid")" 'BEGIN {print (b - a) / 100}')/" \
+    -e "s/__PRODUCE__/$produce/" "$dir/run.json" \
     | tee -a "$results" >&2
   # Kafka's JVM and both brokers settle between runs, alike for both.
   sleep 2
@@ -194,6 +225,15 @@ if [[ " $PARTS " =~ \ (latency|throughput|fanout)\  ]]; then
           measure "$broker" "$part" --qos "$q" --payload "$size" --publishers "$PUBLISHERS" \
             --seconds "$SECS" "${extra[@]}"
         done
+        if [[ $part == latency && $q == 1 ]]; then
+          # Kafka alone at the same rate, through a producer set up as the proxy's: the
+          # floor under the proxy's PUBACK, measured in the same run.
+          log "$part: Kafka alone (acks=all), $size B"
+          "$BENCH" kafka --bootstrap "$KAFKA_BOOTSTRAP" --topic "$run_id-messages" --rate "$RATE" \
+            --payload "$size" --seconds "$SECS" 2>> "$dir/generator.log" \
+            | sed 's/^{/{"broker":"kafka",/' | tee -a "$results" >&2
+          sleep 2
+        fi
       done
     done
   done
@@ -214,6 +254,7 @@ def find(broker, **keys):
     return next((r for r in rows if r["broker"] == broker and all(r.get(k) == v for k, v in keys.items())), None)
 
 table = []
+notes = []
 def add(figure, p, m, key, goal=None, fmt="{:.0f}"):
     """One row: KEY of both runs; GOAL = (text, test of the proxy's value and the ratio)."""
     if p is None or m is None:
@@ -248,6 +289,15 @@ for q in (0, 1):
         add(f"{label} p99 ms", p, m, lambda r: r["p99_ms"], goal, fmt="{:.2f}")
         if q == 1:
             add(f"{label} PUBACK p99 ms", p, m, lambda r: r["ack_p99_ms"], fmt="{:.2f}")
+        alone = find("kafka", mode="kafka", payload=p["payload"], rate=p["rate"]) if q == 1 else None
+        if alone and alone["ack_p99_ms"] is not None:
+            notes.append(f"{label} Kafka alone (librdkafka, acks=all, same rate): ack p50 {alone['ack_p50_ms']:.2f} ms, "
+                         f"p99 {alone['ack_p99_ms']:.2f} ms, slow slices {alone['slow_slices'][:3]}")
+        kafka = (p.get("kafka_produce") or {}).get(f"qos{q}")
+        if kafka and kafka[0] is not None:
+            notes.append(f"{label} Kafka's acknowledgement p99 (proxy histogram) <= {kafka[0]:g} ms over {kafka[1]:.0f} records")
+        if p.get("slow_slices"):
+            notes.append(f"{label} 100 ms slices over 10 ms (s into the run, worst ms): {p['slow_slices'][:5]}")
 
 for q in (0, 1):
     for p in [r for r in rows if r["broker"] == "proxy" and r["mode"] == "throughput" and r["qos"] == q]:
@@ -268,7 +318,7 @@ if p and m:
     add(f"{label} p99 ms", p, m, lambda r: r["p99_ms"], fmt="{:.1f}")
 
 losses = [f"{r['broker']} {r['mode']} QoS {r['qos']} {r['payload']} B: {r['expected'] - r['delivered']} of {r['expected']}"
-          for r in rows if r["mode"] != "idle" and r["expected"] > r["delivered"]]
+          for r in rows if r["mode"] not in ("idle", "kafka") and r["expected"] > r["delivered"]]
 w = max([len(t[0]) for t in table] + [6])
 print()
 print(f"{'figure':{w}}  {'proxy':>10}  {'mosquitto':>10}  {'proxy/mosq':>10}  {'gen CPU p / m':>13}  goal")
@@ -276,6 +326,8 @@ for figure, pv, mv, ratio, cpu, mark in table:
     print(f"{figure:{w}}  {pv:>10}  {mv:>10}  {ratio:>10}  {cpu:>13}  {mark}")
 print("\ngen CPU: the load generator's own CPU (user + sys) over the run, in % of one core; it runs on one")
 print("thread, so near 100 % means the generator, not the broker, set the figure.")
+for note in notes:
+    print(note)
 if losses:
     print("not delivered (measured window): " + "; ".join(losses))
 PY

@@ -1,6 +1,8 @@
 //! Prometheus metrics of one proxy process, served by `admin` at `/metrics`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every metric the proxy exports.
 pub struct Metrics {
@@ -17,6 +19,10 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Kafka produce failures.
     pub kafka_errors: IntCounter,
+    /// Seconds from handing a record to the producer to Kafka's acknowledgement (acks=all),
+    /// by what it carries (`qos0`, `qos1`: QoS 1 and 2, `session`): the part of a PUBACK's
+    /// delay that Kafka and the network take.
+    pub kafka_produce_seconds: HistogramVec,
     /// QoS 0 PUBLISHes that did not reach Kafka, by reason (`backlog`: QoS 0 held its
     /// share of the producer queue; `kafka`: refused or not delivered).
     pub qos0_dropped: IntCounterVec,
@@ -65,6 +71,12 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
 }
 
+/// Upper bounds of `kafka_produce_seconds`: fine where a healthy acks=all round trip
+/// lies (a millisecond or a few), coarse beyond.
+const PRODUCE_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
 // Names and help texts are constants, so construction can only fail on a programming
 // error that the unit test below catches; `expect` states that.
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -93,6 +105,15 @@ impl Metrics {
             delivered: counter("delivered_total", "PUBLISH packets sent to subscribers"),
             dropped: counter_vec("dropped_total", "deliveries dropped, by reason", "reason"),
             kafka_errors: counter("kafka_produce_errors_total", "Kafka produce failures"),
+            kafka_produce_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "kafka_produce_seconds",
+                    "from handing a record to the producer to Kafka's acknowledgement, by kind",
+                )
+                .buckets(PRODUCE_BUCKETS.to_vec()),
+                &["kind"],
+            )
+            .expect("valid metric definition"),
             qos0_dropped: counter_vec(
                 "qos0_dropped_total",
                 "QoS 0 PUBLISHes not stored in Kafka, by reason",
@@ -166,7 +187,8 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 25] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
+            Box::new(metrics.kafka_produce_seconds.clone()),
             Box::new(metrics.tls_reloads.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),
             Box::new(metrics.auth_refusals.clone()),
@@ -225,7 +247,12 @@ mod tests {
         m.connections.inc();
         m.published.with_label_values(&["1"]).inc();
         m.records_skipped.with_label_values(&["null_key"]).inc();
+        m.kafka_produce_seconds.with_label_values(&["qos1"]).observe(0.004);
         let text = m.render();
+        assert!(
+            text.contains("mqtt_kafka_kafka_produce_seconds_bucket{kind=\"qos1\",le=\"0.005\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("mqtt_kafka_connections 1"), "{text}");
         assert!(text.contains("mqtt_kafka_published_total{qos=\"1\"} 1"), "{text}");
         assert!(

@@ -344,6 +344,13 @@ async fn health_readiness_and_metrics_are_served() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(proxy.metric("mqtt_kafka_connections").await, Some(1.0));
     assert_eq!(proxy.metric("mqtt_kafka_published_total{qos=\"1\"}").await, Some(1.0));
+    // The record's trip to Kafka is timed: one QoS 1 acknowledgement observed.
+    assert_eq!(
+        proxy
+            .metric("mqtt_kafka_kafka_produce_seconds_count{kind=\"qos1\"}")
+            .await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //!     mqtt_bench --broker 127.0.0.1:1883 latency --qos 1 --payload 1024 --rate 5000
 //!     mqtt_bench --broker 127.0.0.1:1883 throughput --qos 0 --payload 16
 //!     mqtt_bench --broker 127.0.0.1:1883 fanout --subscribers 1000 --rate 100
+//!     mqtt_bench kafka --bootstrap 127.0.0.1:9092 --topic t --rate 5000   # Kafka alone
 //!
 //! `latency` and `throughput` run 100 publishers and 1 subscriber on one topic by
 //! default (`throughput` publishes as fast as the broker takes it, `latency` at a fixed
@@ -14,6 +15,7 @@
 //! send time (nanoseconds, the generator's clock) in its first 8 payload bytes; latency
 //! is publish-to-subscriber, counted for messages sent after the warm-up only.
 
+mod kafka;
 mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -75,6 +77,22 @@ enum Mode {
     Throughput(Load),
     /// One publisher (default), many subscribers on its topic (default 1 000, 100 msg/s).
     Fanout(Load),
+    /// No MQTT: records straight to Kafka at a fixed rate (acks=all), each timed to its
+    /// acknowledgement; `--broker` is not used.
+    Kafka {
+        #[arg(long)]
+        bootstrap: String,
+        #[arg(long)]
+        topic: String,
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 16)]
+        payload: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -198,9 +216,28 @@ struct Stats {
     delivered: u64,
     last_delivery_ns: u64,
     latency_us: Vec<u32>,
+    /// The worst latency of the messages sent in each `SLICE_NS` of the measured window:
+    /// a stall (a broker pause, say) shows as slow slices in a row, uneven service as
+    /// scattered ones.
+    slice_max_us: Vec<u32>,
 }
 
+/// Width of a slice of `Stats::slice_max_us`.
+const SLICE_NS: u64 = 100_000_000;
+
 impl Stats {
+    fn record_latency(&mut self, run: &Run, sent_ns: u64, now_ns: u64) {
+        let us = micros_between(sent_ns, now_ns);
+        self.latency_us.push(us);
+        let slice = usize::try_from((sent_ns - run.warm_ns) / SLICE_NS).unwrap_or(usize::MAX);
+        if slice < 1 << 16 {
+            if self.slice_max_us.len() <= slice {
+                self.slice_max_us.resize(slice + 1, 0);
+            }
+            self.slice_max_us[slice] = self.slice_max_us[slice].max(us);
+        }
+    }
+
     fn merge(&mut self, other: Stats) {
         self.sent += other.sent;
         self.acked += other.acked;
@@ -209,6 +246,12 @@ impl Stats {
         self.delivered += other.delivered;
         self.last_delivery_ns = self.last_delivery_ns.max(other.last_delivery_ns);
         self.latency_us.extend(other.latency_us);
+        if self.slice_max_us.len() < other.slice_max_us.len() {
+            self.slice_max_us.resize(other.slice_max_us.len(), 0);
+        }
+        for (mine, theirs) in self.slice_max_us.iter_mut().zip(other.slice_max_us) {
+            *mine = (*mine).max(theirs);
+        }
     }
 }
 
@@ -397,7 +440,7 @@ async fn subscriber(run: Arc<Run>, mut stream: TcpStream, mut buf: BytesMut, fir
                             if run.measured(sent) {
                                 stats.delivered += 1;
                                 stats.last_delivery_ns = now;
-                                stats.latency_us.push(micros_between(sent, now));
+                                stats.record_latency(&run, sent, now);
                             }
                         }
                     }
@@ -579,10 +622,30 @@ async fn load(cli: &Cli, mode: &str, l: &Load) -> anyhow::Result<()> {
             "delivered_per_sec": per_sec(stats.delivered, stats.last_delivery_ns),
             "p50_ms": percentile_ms(&stats.latency_us, 50.0), "p99_ms": percentile_ms(&stats.latency_us, 99.0),
             "max_ms": percentile_ms(&stats.latency_us, 100.0),
+            "slow_slices": slow_slices(&stats.slice_max_us),
             "errors": errors, "cpu_secs": cpu, "wall_secs": wall, "cpu_pct": 100.0 * cpu / wall,
         })
     );
     Ok(())
+}
+
+/// The slices of the measured window (seconds from its start) whose worst message took
+/// over 10 ms, slowest first, at most 10: `[[1.3, 84.2], ...]`.
+fn slow_slices(slice_max_us: &[u32]) -> serde_json::Value {
+    let mut slow: Vec<(usize, u32)> = slice_max_us
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, us)| us > 10_000)
+        .collect();
+    slow.sort_unstable_by_key(|&(_, us)| std::cmp::Reverse(us));
+    slow.truncate(10);
+    let secs = |i: usize| (i as u64 * SLICE_NS) as f64 / 1e9;
+    serde_json::json!(
+        slow.iter()
+            .map(|&(i, us)| [secs(i), f64::from(us) / 1000.0])
+            .collect::<Vec<_>>()
+    )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -607,6 +670,24 @@ fn main() -> anyhow::Result<()> {
             Mode::Latency(l) => load(&cli, "latency", l).await,
             Mode::Throughput(l) => load(&cli, "throughput", l).await,
             Mode::Fanout(l) => load(&cli, "fanout", l).await,
+            Mode::Kafka {
+                bootstrap,
+                topic,
+                rate,
+                payload,
+                seconds,
+                warmup,
+            } => {
+                kafka::produce(kafka::KafkaLoad {
+                    bootstrap,
+                    topic,
+                    rate: *rate,
+                    payload: *payload,
+                    seconds: *seconds,
+                    warmup: *warmup,
+                })
+                .await
+            }
         }
     })
 }

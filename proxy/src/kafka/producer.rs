@@ -20,6 +20,7 @@ use crate::kafka::qos0::{self, Qos0Budget};
 use crate::kafka::record::headers_of;
 use crate::kafka::security::{SecurityWatch, WatchedContext};
 use crate::metrics::Metrics;
+use prometheus::Histogram;
 
 /// A record could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,34 @@ pub struct Publisher {
     properties: Vec<(String, String)>,
     /// Why the broker refused the producer's connections, if it did.
     refusals: Arc<SecurityWatch>,
+    /// How long Kafka took to acknowledge records, by kind.
+    produce_seconds: ProduceSeconds,
+}
+
+/// The children of `Metrics::kafka_produce_seconds`, looked up once rather than per record.
+struct ProduceSeconds {
+    qos0: Histogram,
+    qos1: Histogram,
+    session: Histogram,
+}
+
+impl ProduceSeconds {
+    fn of(metrics: &Metrics) -> Self {
+        let kind = |k: &str| metrics.kafka_produce_seconds.with_label_values(&[k]);
+        Self {
+            qos0: kind("qos0"),
+            qos1: kind("qos1"),
+            session: kind("session"),
+        }
+    }
+}
+
+/// Observes, once a record's delivery is known, how long Kafka took; failures are not
+/// observed (their time is the delivery timeout, and `kafka_produce_errors_total` counts them).
+fn observe_success(histogram: &Histogram, since: Instant, result: &Result<(), PublishError>) {
+    if result.is_ok() {
+        histogram.observe(since.elapsed().as_secs_f64());
+    }
 }
 
 fn lock(current: &Mutex<Current>) -> MutexGuard<'_, Current> {
@@ -107,11 +136,14 @@ impl Publisher {
             delivery_timeout,
             qos0: Arc::new(Qos0Budget::new(qos0::share(properties), Arc::new(Metrics::new()))),
             properties: properties.to_vec(),
+            produce_seconds: ProduceSeconds::of(&Metrics::new()),
         })
     }
 
-    /// Counts QoS 0 drops in `metrics` (a new publisher counts them in metrics of its own).
+    /// Counts QoS 0 drops and produce times in `metrics` (a new publisher counts them in
+    /// metrics of its own).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.produce_seconds = ProduceSeconds::of(&metrics);
         self.qos0 = Arc::new(Qos0Budget::new(qos0::share(&self.properties), metrics));
         self
     }
@@ -253,11 +285,14 @@ impl Publisher {
         if let Some(value) = value {
             record = record.payload(value);
         }
+        let since = Instant::now();
         let delivery = producer.send_result(record).map_err(|(e, _)| kafka_error(topic, e))?;
         let topic = topic.to_owned();
         let current = Arc::clone(&self.current);
+        let histogram = self.produce_seconds.session.clone();
         Ok(async move {
             let result = delivered(delivery, &topic).await;
+            observe_success(&histogram, since, &result);
             record_outcome(&current, generation, &result);
             result
         })
@@ -326,6 +361,7 @@ impl Publisher {
             .partition(partition)
             .headers(headers.clone());
         let (producer, generation) = self.producer();
+        let since = Instant::now();
         let main = producer
             .send_result(record)
             .map_err(|(e, _)| refused(kafka_error(kafka_topic, e)))?;
@@ -348,8 +384,13 @@ impl Publisher {
         let main_topic = kafka_topic.to_owned();
         let retained_topic = self.retained_topic.clone();
         let current = Arc::clone(&self.current);
+        let histogram = match message.qos {
+            0 => self.produce_seconds.qos0.clone(),
+            _ => self.produce_seconds.qos1.clone(),
+        };
         Ok(async move {
             let mut result = delivered(main, &main_topic).await;
+            observe_success(&histogram, since, &result);
             if let (Ok(()), Some(retained)) = (&result, retained) {
                 result = delivered(retained, &retained_topic).await;
             }
