@@ -158,9 +158,9 @@ PROPS
   # ZGC: its pauses stay under a millisecond. With G1 (even at Kafka's own 20 ms goal) this
   # 2-core machine saw young pauses of 20-200 ms, and each stalls every produce request in
   # flight: the broker's pauses, not the proxy, then set the p99 of `make bench`. gc.log,
-  # beside the broker's log, shows each collection and its pauses.
+  # beside the broker's log, shows each collection and safepoint with its pause.
   local java=(java -Xms1g -Xmx1g -XX:+UseZGC
-    "-Xlog:gc,gc+phases:file=$KAFKA_DIR/logs/gc.log:time,uptime:filecount=3,filesize=10m"
+    "-Xlog:gc,gc+phases,safepoint:file=$KAFKA_DIR/logs/gc.log:time,uptime:filecount=3,filesize=10m"
     -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$ENV_DIR/kafka/log4j2.properties" "-Dkafka.logs.dir=$KAFKA_DIR/logs"
     -cp "$KAFKA_LIB_DIR/*")
