@@ -12,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::{SLICE_NS, cpu_secs, micros_between, now_ns, percentile_ms, slow_slices};
+use crate::{cpu_secs, micros_between, note_slice, now_ns, percentile_ms, slow_slices};
 
 /// What to produce: `rate` records per second of `payload` bytes, all with one key (as
 /// one MQTT topic's messages are), for `warmup` and then `seconds` measured seconds.
@@ -54,13 +54,7 @@ pub async fn produce(load: KafkaLoad<'_>) -> anyhow::Result<()> {
         }
         let us = micros_between(sent_ns, now_ns());
         ack_us.push(us);
-        let slice = usize::try_from((sent_ns - warm_ns) / SLICE_NS).unwrap_or(usize::MAX);
-        if slice < 1 << 16 {
-            if slices.len() <= slice {
-                slices.resize(slice + 1, 0);
-            }
-            slices[slice] = slices[slice].max(us);
-        }
+        note_slice(slices, sent_ns - warm_ns, us);
     };
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / load.rate.max(1) as f64));
     loop {

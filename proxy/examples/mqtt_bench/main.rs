@@ -225,17 +225,23 @@ struct Stats {
 /// Width of a slice of `Stats::slice_max_us`.
 const SLICE_NS: u64 = 100_000_000;
 
+/// Keeps in `slices` the worst latency `us` of the slice `offset_ns` (from the start of
+/// the measured window) falls in; slices past 6 500 s are not kept.
+fn note_slice(slices: &mut Vec<u32>, offset_ns: u64, us: u32) {
+    let slice = usize::try_from(offset_ns / SLICE_NS).unwrap_or(usize::MAX);
+    if slice < 1 << 16 {
+        if slices.len() <= slice {
+            slices.resize(slice + 1, 0);
+        }
+        slices[slice] = slices[slice].max(us);
+    }
+}
+
 impl Stats {
     fn record_latency(&mut self, run: &Run, sent_ns: u64, now_ns: u64) {
         let us = micros_between(sent_ns, now_ns);
         self.latency_us.push(us);
-        let slice = usize::try_from((sent_ns - run.warm_ns) / SLICE_NS).unwrap_or(usize::MAX);
-        if slice < 1 << 16 {
-            if self.slice_max_us.len() <= slice {
-                self.slice_max_us.resize(slice + 1, 0);
-            }
-            self.slice_max_us[slice] = self.slice_max_us[slice].max(us);
-        }
+        note_slice(&mut self.slice_max_us, sent_ns - run.warm_ns, us);
     }
 
     fn merge(&mut self, other: Stats) {
