@@ -21,7 +21,9 @@ pub struct Metrics {
     pub kafka_errors: IntCounter,
     /// Seconds from handing a record to the producer to Kafka's acknowledgement (acks=all),
     /// by what it carries (`qos0`, `qos1`: QoS 1 and 2, `session`): the part of a PUBACK's
-    /// delay that Kafka and the network take.
+    /// delay that Kafka and the network take, as the waiting task sees it (a busy process
+    /// adds its own delay in polling; librdkafka's `statistics.interval.ms` gives Kafka's
+    /// round trip alone).
     pub kafka_produce_seconds: HistogramVec,
     /// QoS 0 PUBLISHes that did not reach Kafka, by reason (`backlog`: QoS 0 held its
     /// share of the producer queue; `kafka`: refused or not delivered).

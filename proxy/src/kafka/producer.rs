@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -20,7 +21,6 @@ use crate::kafka::qos0::{self, Qos0Budget};
 use crate::kafka::record::headers_of;
 use crate::kafka::security::{SecurityWatch, WatchedContext};
 use crate::metrics::Metrics;
-use prometheus::Histogram;
 
 /// A record could not be written.
 #[derive(Debug, thiserror::Error)]
