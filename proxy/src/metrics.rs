@@ -9,6 +9,9 @@ pub struct Metrics {
     registry: Registry,
     /// Connections past CONNACK.
     pub connections: IntGauge,
+    /// Of those, connections at rest: idle, held as a small state instead of a task until
+    /// the client or the hub has something for them.
+    pub resting: IntGauge,
     /// CONNECTs answered, by CONNACK reason (`success`, `0x87`, ...).
     pub connects: IntCounterVec,
     /// PUBLISH packets received, by QoS.
@@ -98,6 +101,10 @@ impl Metrics {
         let metrics = Self {
             registry: Registry::new_custom(Some("mqtt_kafka".into()), None).expect("valid registry prefix"),
             connections: gauge("connections", "MQTT connections past CONNACK"),
+            resting: gauge(
+                "connections_resting",
+                "MQTT connections idle and at rest (a small state, not a task)",
+            ),
             connects: counter_vec(
                 "connects_total",
                 "CONNECT packets answered, by CONNACK reason",
@@ -189,7 +196,7 @@ impl Metrics {
             )
             .expect("valid metric definition"),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 26] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 27] = [
             Box::new(metrics.kafka_produce_seconds.clone()),
             Box::new(metrics.tls_reloads.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),
@@ -208,6 +215,7 @@ impl Metrics {
             Box::new(metrics.kafka_client_replacements.clone()),
             Box::new(metrics.fanout_consumers.clone()),
             Box::new(metrics.connections.clone()),
+            Box::new(metrics.resting.clone()),
             Box::new(metrics.connects.clone()),
             Box::new(metrics.published.clone()),
             Box::new(metrics.delivered.clone()),

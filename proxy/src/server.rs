@@ -52,6 +52,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("watching the sockets of resting connections (epoll): {0}")]
+    RestingSockets(#[source] std::io::Error),
     #[error("listener {name}: protocol tls needs tls.certFile and tls.keyFile")]
     MissingTls { name: String },
     #[error("listener {name}: {source}")]
@@ -498,6 +500,8 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         limits: Arc::clone(&limits),
         security: Arc::clone(&security),
         connections: Arc::new(AtomicUsize::new(0)),
+        runtime: tokio::runtime::Handle::current(),
+        resting_sockets: crate::listener::resting::RestingSockets::start().map_err(ServerError::RestingSockets)?,
     };
     // From here on a failure drops `server`, whose `Drop` stops what was started already.
     let mut server = Server {

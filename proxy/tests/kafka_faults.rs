@@ -218,13 +218,23 @@ async fn traffic_survives(node: &mut KafkaNode, fault: impl AsyncFnOnce(&mut Kaf
     // The subscriber gets messages published after the recovery: the readers recovered.
     let last = format!("m-{}", acked.last().copied().unwrap_or_default());
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut received = 0usize;
+    let mut latest = String::new();
     loop {
-        assert!(Instant::now() < deadline, "the subscriber never got {last}");
+        if Instant::now() >= deadline {
+            panic!(
+                "the subscriber never got {last}; it got {received} PUBLISHes in 30 s, the last {latest}; {}",
+                delivery_metrics(&proxy).await
+            );
+        }
         let publish = subscriber.next_publish().await;
+        received += 1;
+        latest = String::from_utf8_lossy(&publish.payload).into_owned();
         if publish.payload == last.as_bytes() {
             break;
         }
     }
+    eprintln!("{}", delivery_metrics(&proxy).await);
     let failed = sent.values().filter(|s| s.ack.is_some_and(|(r, _)| r != 0)).count();
     eprintln!(
         "sent {}, acknowledged 0x00 {}, negative {failed}, resumed {resumed_after:?} after the fault, distinct records {}",
@@ -233,6 +243,24 @@ async fn traffic_survives(node: &mut KafkaNode, fault: impl AsyncFnOnce(&mut Kaf
         stored.len()
     );
     proxy
+}
+
+/// What the proxy's metrics say about deliveries, for a failure message.
+async fn delivery_metrics(proxy: &TestProxy) -> String {
+    let (_, body) = proxy.admin_get("/metrics").await;
+    let wanted = [
+        "mqtt_kafka_delivered_total",
+        "mqtt_kafka_dropped_total",
+        "mqtt_kafka_subscriber_lags_total",
+        "mqtt_kafka_replayed_records_total",
+        "mqtt_kafka_connections_resting",
+        "mqtt_kafka_kafka_client_replacements_total",
+        "mqtt_kafka_fanout_consumers",
+    ];
+    body.lines()
+        .filter(|line| wanted.iter().any(|name| line.starts_with(name)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[tokio::test]

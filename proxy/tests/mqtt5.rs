@@ -353,6 +353,132 @@ async fn health_readiness_and_metrics_are_served() {
     );
 }
 
+/// Idle TCP connections rest (a small state, not a task, issue 9) and wake for what comes:
+/// a delivery, the client's next packet, keep-alive running out, a takeover.
+/// A wake lost between a connection lying down and a delivery coming would leave the
+/// delivery in its queue until the client's next packet (here a PINGREQ after 60 s): every
+/// subscriber must get every message of irregular bursts, however they fall between rests.
+/// On two worker threads, so that deliveries, wakes and lying down race as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resting_subscribers_get_every_message_of_irregular_bursts() {
+    const SUBSCRIBERS: usize = 16;
+    const MESSAGES: usize = 400;
+    let proxy = TestProxy::start().await;
+    let mut subscribers = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let mut subscriber = Client::connect_with(&proxy, &format!("burst-sub-{i}"), |options| {
+            options.set_keep_alive(Duration::from_secs(60));
+        })
+        .await;
+        let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        subscriber.client.subscribe("burst/#", qos).await.expect("subscribe");
+        subscriber.suback().await;
+        subscribers.push(subscriber);
+    }
+    let mut publisher = Client::connect(&proxy, "burst-pub").await;
+    // Bursts of 1 to 16 messages, 0 to 63 ms apart (a fixed pseudo-random sequence).
+    let mut seed: u32 = 0x2545_f491;
+    let mut next = move |bound: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed % bound
+    };
+    let mut sent = 0;
+    while sent < MESSAGES {
+        let burst = (next(16) as usize + 1).min(MESSAGES - sent);
+        publisher
+            .publish_acked(sent..sent + burst, |_| "burst/t".into(), 0)
+            .await;
+        sent += burst;
+        tokio::time::sleep(Duration::from_millis(u64::from(next(64)))).await;
+    }
+    // Every message reached every subscriber within 10 s of the last PUBACK: far less than
+    // the 60 s after which a stuck subscriber's PINGREQ would wake it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for (i, subscriber) in subscribers.iter_mut().enumerate() {
+        let mut got = vec![false; MESSAGES];
+        let mut count = 0;
+        while count < MESSAGES {
+            let publish = tokio::time::timeout_at(deadline, subscriber.next_publish())
+                .await
+                .unwrap_or_else(|_| {
+                    let missing: Vec<usize> = (0..MESSAGES).filter(|n| !got[*n]).collect();
+                    panic!("subscriber {i} is missing {} messages: {missing:?}", missing.len())
+                });
+            let n = support::message_number(&publish.payload);
+            if !got[n] {
+                got[n] = true;
+                count += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_rest_and_wake_for_deliveries_packets_keep_alive_and_takeover() {
+    let proxy = TestProxy::start().await;
+    let mut subscriber = Client::connect(&proxy, "rest-sub").await;
+    subscriber
+        .client
+        .subscribe("rest/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    subscriber.suback().await;
+    let publisher = Client::connect(&proxy, "rest-pub").await;
+    let resting = async || {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.metric("mqtt_kafka_connections_resting").await
+    };
+    assert_eq!(resting().await, Some(2.0), "both idle connections rest");
+    // The publisher wakes for its PUBLISH, the subscriber for the delivery; both rest again.
+    publisher
+        .client
+        .publish("rest/a", QoS::AtLeastOnce, false, "one")
+        .await
+        .expect("publish");
+    assert_eq!(&subscriber.next_publish().await.payload[..], b"one");
+    assert_eq!(resting().await, Some(2.0));
+    publisher
+        .client
+        .publish("rest/a", QoS::AtLeastOnce, false, "two")
+        .await
+        .expect("publish");
+    assert_eq!(&subscriber.next_publish().await.payload[..], b"two");
+
+    // A resting 3.1.1 connection answers PINGREQ, then keep-alive (1 s, so 1.5 s of
+    // silence) ends it although no task of its own waits.
+    let mut quiet = RawPeer::connect(&proxy).await;
+    quiet.send(b"\x10\x11\x00\x04MQTT\x04\x02\x00\x01\x00\x05quiet").await;
+    assert_eq!(quiet.read_packet().await, Some(vec![0x20, 0x02, 0x00, 0x00]), "CONNACK");
+    assert_eq!(resting().await, Some(3.0));
+    quiet.send(b"\xc0\x00").await;
+    assert_eq!(quiet.read_packet().await, Some(vec![0xd0, 0x00]), "PINGRESP");
+    let started = tokio::time::Instant::now();
+    assert_eq!(quiet.read_packet().await, None, "closed by keep-alive");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A newer connection of the resting subscriber's client id takes its session over:
+    // the resting one is told (DISCONNECT 0x8E) and ends.
+    let mut newer = RawPeer::connect_v5(&proxy, "rest-sub").await;
+    let told = loop {
+        match subscriber.next().await {
+            Ok(Packet::Disconnect(disconnect)) => break format!("{:?}", disconnect.reason_code),
+            Ok(_) => {}
+            // rumqttc ends with an error that names the DISCONNECT's reason code.
+            Err(error) => break error,
+        }
+    };
+    assert!(told.contains("SessionTakenOver"), "{told}");
+    assert_eq!(resting().await, Some(2.0), "the publisher and the newer connection");
+    assert_eq!(proxy.metric("mqtt_kafka_connections").await, Some(2.0));
+    newer.send(b"\xe0\x00").await;
+}
+
 #[tokio::test]
 async fn outbound_deliveries_respect_the_clients_receive_maximum() {
     let proxy = TestProxy::start().await;

@@ -231,6 +231,19 @@ impl QueueReceiver {
         }
     }
 
+    /// Ready when anything waits for the connection (a delivery, a lagging notice, a kick,
+    /// the hub gone), without taking it; until then the task of `cx` is woken when
+    /// something comes. How a resting connection (not a task) is woken.
+    pub fn poll_news(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the look: news after it wakes the waker.
+        self.shared.receiver.register(cx.waker());
+        let news = self.shared.lagging.load(Ordering::Acquire) || self.shared.kicked.load(Ordering::Acquire) || {
+            let state = self.shared.state();
+            !state.items.is_empty() || state.sender_gone
+        };
+        if news { Poll::Ready(()) } else { Poll::Pending }
+    }
+
     /// Waits until the hub marks the connection lagging. Cancel-safe.
     pub async fn lagging(&self) {
         std::future::poll_fn(|cx| self.poll_lagging(cx)).await;
@@ -293,6 +306,40 @@ mod tests {
             retain: false,
             identifiers: Vec::new(),
             shared: false,
+        }
+    }
+
+    #[test]
+    fn news_is_seen_without_being_taken_and_wakes_a_waiting_waker() {
+        let (tx, rx) = channel(8, 1 << 20);
+        let woken = Arc::new(WakeCount::default());
+        let waker = std::task::Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_news(&mut cx).is_pending());
+        tx.try_send(outgoing(1)).expect("queued");
+        assert_eq!(woken.0.load(Ordering::Acquire), 1, "a delivery wakes the waiter");
+        assert!(rx.poll_news(&mut cx).is_ready());
+        assert!(rx.poll_news(&mut cx).is_ready(), "looking takes nothing");
+        assert!(rx.try_recv().is_some());
+        assert!(rx.poll_news(&mut cx).is_pending());
+        tx.mark_lagging();
+        assert!(rx.poll_news(&mut cx).is_ready());
+        assert!(rx.poll_lagging(&mut cx).is_ready(), "the lagging notice is still there");
+        assert!(rx.poll_news(&mut cx).is_pending());
+        tx.kick(Kick {
+            reason: 0x8B,
+            server_reference: None,
+        });
+        assert!(rx.poll_news(&mut cx).is_ready());
+        assert_eq!(woken.0.load(Ordering::Acquire), 3);
+    }
+
+    #[derive(Default)]
+    struct WakeCount(AtomicUsize);
+
+    impl std::task::Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::AcqRel);
         }
     }
 

@@ -297,7 +297,7 @@ impl FollowedConsumer {
         }
         let problem = self.health.problem(Instant::now());
         let old = std::mem::replace(&mut self.consumer, Arc::new(fresh));
-        self.health = ClientHealth::new(Instant::now());
+        self.health = self.health.for_replacement(Instant::now());
         metrics.kafka_client_replacements.with_label_values(&[&self.name]).inc();
         tracing::warn!(reader = %self.name, problem = problem.as_deref().unwrap_or("-"), "Kafka consumer replaced by a new one");
         // Dropping joins librdkafka's threads.

@@ -55,6 +55,17 @@ impl ClientHealth {
         }
     }
 
+    /// The health a replacement of this client starts with: a new client (it gets the
+    /// full period before it can be replaced again), but requests that failed until now
+    /// are still failing until the new client gets an answer. Starting clean would say
+    /// ready for a moment after every replacement in the middle of an outage.
+    pub fn for_replacement(&self, now: Instant) -> Self {
+        Self {
+            requests_failing: self.requests_failing.clone(),
+            ..Self::new(now)
+        }
+    }
+
     pub fn request_succeeded(&mut self) {
         self.requests_failing = None;
     }
@@ -198,6 +209,28 @@ mod tests {
         h.request_failed(t, "down");
         assert!(!h.should_replace(at(t, 9), &Policy::default()));
         assert!(h.should_replace(at(t, 10), &Policy::default()));
+    }
+
+    #[test]
+    fn a_replacement_during_an_outage_is_not_ready_until_it_gets_an_answer() {
+        let t = Instant::now();
+        let mut h = ClientHealth::new(t);
+        h.request_failed(t, "BrokerTransportFailure");
+        h.delivery_failed(t, "Message timed out");
+        assert!(h.should_replace(at(t, 10), &Policy::default()));
+        let mut fresh = h.for_replacement(at(t, 10));
+        assert_eq!(
+            fresh.problem(at(t, 10)).as_deref(),
+            Some("cannot reach Kafka for 10 s: BrokerTransportFailure"),
+            "the outage goes on being reported"
+        );
+        assert!(
+            !fresh.should_replace(at(t, 19), &Policy::default()),
+            "a full period first"
+        );
+        assert!(fresh.should_replace(at(t, 20), &Policy::default()));
+        fresh.request_succeeded();
+        assert_eq!(fresh.problem(at(t, 20)), None);
     }
 
     #[test]

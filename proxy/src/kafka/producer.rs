@@ -254,7 +254,7 @@ impl Publisher {
             let mut current = lock(&self.current);
             let problem = current.health.problem(Instant::now());
             current.generation += 1;
-            current.health = ClientHealth::new(Instant::now());
+            current.health = current.health.for_replacement(Instant::now());
             (std::mem::replace(&mut current.producer, fresh), problem)
         };
         metrics.kafka_client_replacements.with_label_values(&[PRODUCER]).inc();

@@ -41,6 +41,17 @@ impl<S> WriteDeadline<S> {
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
+
+    /// Whether no write is waiting and none timed out.
+    pub fn is_clear(&self) -> bool {
+        self.stalled.is_none() && !self.expired
+    }
+
+    /// The stream, when no write is waiting and none timed out (a new deadline over it
+    /// is the same as this one).
+    pub fn into_rest(self) -> Result<S, Self> {
+        if self.is_clear() { Ok(self.inner) } else { Err(self) }
+    }
 }
 
 fn expired_error() -> io::Error {

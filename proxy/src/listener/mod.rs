@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod deadline;
 pub mod linger;
+pub mod resting;
 pub mod tcp;
 pub mod tls;
 pub mod websocket;
@@ -43,6 +44,11 @@ pub struct Shared {
     /// Open connections of the whole process, counted from accept to close, CONNECT or
     /// not (for `mqtt.maxConnections`).
     pub connections: Arc<AtomicUsize>,
+    /// Where a resting connection's task is started again when it is woken (its waker may
+    /// be called from any thread, Kafka's included).
+    pub runtime: tokio::runtime::Handle,
+    /// Watches the sockets of resting connections (out of tokio's reactor while they rest).
+    pub resting_sockets: Arc<resting::RestingSockets>,
 }
 
 impl Shared {

@@ -113,3 +113,6 @@ pub async fn accept_loop(listener: TcpListener, tls: ListenerTls, shared: Shared
     })
     .await;
 }
+
+/// TLS connections do not rest: the TLS session is state of the stream's own.
+impl connection::ByteStream for TlsStream<TcpStream> {}

@@ -46,6 +46,21 @@ impl<T> Inflight<T> {
         }
     }
 
+    /// The window and the next packet id, when nothing is in flight or queued: all that a
+    /// resting connection keeps of it (see [`Inflight::resume`]).
+    pub fn at_rest(&self) -> Option<(u16, u16)> {
+        (self.in_flight.is_empty() && self.queued.is_empty())
+            .then(|| (u16::try_from(self.window).unwrap_or(u16::MAX), self.next_id))
+    }
+
+    /// An empty window as [`Inflight::at_rest`] left it.
+    pub fn resume(window: u16, queue_limit: usize, next_id: u16) -> Self {
+        Self {
+            next_id,
+            ..Self::new(window, queue_limit)
+        }
+    }
+
     pub fn has_room(&self) -> bool {
         self.in_flight.len() < self.window
     }

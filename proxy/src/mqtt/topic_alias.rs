@@ -31,6 +31,11 @@ impl InboundAliases {
         }
     }
 
+    /// The maximum, when no alias is set: all that a resting connection keeps of it.
+    pub fn at_rest(&self) -> Option<u16> {
+        self.topics.is_empty().then_some(self.maximum)
+    }
+
     /// The topic a PUBLISH is for: `topic` when non-empty (and the alias, if any, now
     /// names it), else the topic the alias was set to.
     pub fn resolve(&mut self, topic: &ByteString, alias: Option<u16>) -> Result<ByteString, AliasError> {
@@ -75,6 +80,11 @@ impl OutboundAliases {
             maximum,
             aliases: BTreeMap::new(),
         }
+    }
+
+    /// The maximum, when no alias is assigned: all that a resting connection keeps of it.
+    pub fn at_rest(&self) -> Option<u16> {
+        self.aliases.is_empty().then_some(self.maximum)
     }
 
     pub fn for_topic(&mut self, topic: &str) -> OutboundTopic {

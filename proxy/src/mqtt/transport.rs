@@ -70,6 +70,21 @@ impl<S> Transport<S> {
         &mut self.stream
     }
 
+    /// Whether nothing is pending either way and the stream has not ended.
+    pub fn is_idle(&self) -> bool {
+        self.read_buf.is_empty() && self.write_buf.is_empty() && !self.eof && !self.failed
+    }
+
+    /// The stream and the codec, when nothing is pending either way and the stream has not
+    /// ended: all a resting connection keeps of its transport.
+    pub fn into_rest(self) -> Result<(S, MqttCodec), Self> {
+        if self.is_idle() {
+            Ok((self.stream, self.codec))
+        } else {
+            Err(self)
+        }
+    }
+
     /// Heap bytes the transport holds (for tests and the idle-cost figures).
     pub fn buffered_capacity(&self) -> usize {
         self.read_buf.capacity() + self.write_buf.capacity()

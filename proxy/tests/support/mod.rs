@@ -105,6 +105,7 @@ impl TestProxy {
 
     /// Starts a proxy with exactly `config` (its topics are created when missing).
     pub async fn start_on(config: Config) -> Self {
+        log_when_asked();
         let options = StartOptions {
             create_topics: true,
             partitions: PARTITIONS,
@@ -156,6 +157,20 @@ impl TestProxy {
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
     }
+}
+
+/// The proxy's log on standard error (shown for failed tests), when `TEST_LOG` names
+/// what to log (a `RUST_LOG` filter, e.g. `TEST_LOG=info`); none otherwise.
+fn log_when_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// `n` proxies on the same topics, instance ids `p0`, `p1`, ...: one broker of `n`

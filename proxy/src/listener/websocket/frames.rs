@@ -468,6 +468,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
     }
 }
 
+/// WebSocket connections do not rest: the frame decoder is state of the stream's own.
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> crate::mqtt::connection::ByteStream for WsIo<S> {}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

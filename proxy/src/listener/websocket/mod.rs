@@ -146,7 +146,7 @@ pub async fn serve<S>(
     slot: ConnectionSlot,
     certificate: Option<Principal>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match upgrade(stream, path, &shared).await {
         Ok(io) => {

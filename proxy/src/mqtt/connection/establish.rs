@@ -31,6 +31,8 @@ where
         limits,
         security,
         connections: _,
+        runtime: _,
+        resting_sockets: _,
     } = Shared::clone(&shared);
     let connect_timeout = Duration::from_secs(u64::from(limits.connect_timeout_secs.max(1)));
     let connect = match tokio::time::timeout(connect_timeout, transport.next()).await {

@@ -10,6 +10,10 @@ mod authorize;
 mod establish;
 mod inbound;
 mod outbound;
+mod rest;
+
+pub use rest::ByteStream;
+use rest::{Depth, Rest};
 
 use establish::{Established, establish};
 
@@ -70,54 +74,100 @@ type PendingAck = Pin<Box<dyn Future<Output = (NonZeroU16, u8, Result<(), AckErr
 /// once it was moved on (and a second one for a `mut` argument). The stream goes into the
 /// transport here, which the future owns once, and the certificate is boxed: each idle
 /// connection's task is that much smaller (issue 9).
-pub fn serve<S>(
+pub fn serve<S: ByteStream>(
     stream: S,
     shared: Arc<Shared>,
     slot: ConnectionSlot,
     certificate: Option<Principal>,
-) -> impl Future<Output = ()> + Send
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> impl Future<Output = ()> + Send {
     // Every write to the client has a deadline: one that does not read loses its
     // connection instead of holding this task forever.
     let stream = WriteDeadline::new(stream, shared.limits.write_timeout);
     let mut transport = Transport::new(stream, MqttCodec::new(shared.limits.maximum_packet_size));
     let certificate = certificate.map(Box::new);
     async move {
-        converse(&mut transport, shared, &slot, certificate).await;
+        if let Some((connection, waits)) = converse(&mut transport, &shared, &slot, certificate).await {
+            // Idle: the connection rests and this task ends (nothing is awaited from here).
+            rest::lie_down(transport, connection, waits, shared, slot, Rest::WhenIdle(Depth::Deep));
+            return;
+        }
         // However it ended, the client can read what was sent last (DISCONNECT, a refusing
         // CONNACK) before the socket closes, also while it is still writing.
         Box::pin(linger::close(transport.get_mut())).await;
     }
 }
 
-/// The MQTT conversation: CONNECT, the connection's life, its end.
+/// The MQTT conversation: CONNECT, the connection's life, its end; or the connection and
+/// its waits once it is idle and can rest.
 ///
 /// A task is as large as its largest state, for its whole life. CONNECT handling and the
-/// end each run boxed, so an idle connection's task holds only the connection and its
-/// event loop (issue 9: the task was 5.8 KB, most of what an idle connection cost).
-async fn converse<S>(
+/// end each run boxed, so a connection's task holds only the connection and its event
+/// loop (issue 9: the task was 5.8 KB, most of what an idle connection cost).
+async fn converse<S: ByteStream>(
     transport: &mut Transport<WriteDeadline<S>>,
-    shared: Arc<Shared>,
+    shared: &Arc<Shared>,
     slot: &ConnectionSlot,
     certificate: Option<Box<Principal>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    // A `let`, not an `if let`: the boxed CONNECT future is a temporary of the statement
-    // and is freed here, not kept for the life of the connection.
-    let Some(Established {
+) -> Option<(Connection, Waits)> {
+    // The boxed CONNECT future is a temporary of the statement and is freed here, not kept
+    // for the life of the connection.
+    let Established {
         mut connection,
         registration,
         taken_over,
         keep_alive,
-    }) = Box::pin(establish(transport, shared, slot, certificate)).await
-    else {
-        return;
+    } = Box::pin(establish(transport, Arc::clone(shared), slot, certificate)).await?;
+    // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
+    let grace = (keep_alive > 0).then(|| u64::from(keep_alive) * 1500);
+    let mut waits = Waits::new(&connection, registration.deliveries, taken_over, grace);
+    connection.keep_alive_from_now(&waits);
+    // A new connection rests deeply: most are devices that say little.
+    let rest = if S::RESTS {
+        Rest::WhenIdle(Depth::Deep)
+    } else {
+        Rest::Never
     };
-    let ending = connection.run(transport, registration, taken_over, keep_alive).await;
-    Box::pin(connection.finish(transport, ending)).await;
+    match connection.run(transport, &mut waits, rest).await {
+        Run::Resting => Some((connection, waits)),
+        Run::Ended(ending) => {
+            Box::pin(connection.finish(transport, ending)).await;
+            None
+        }
+    }
+}
+
+/// A connection's life from where it was taken up (after resting, or when it could not
+/// rest) to its end or its next rest: the task of a connection woken from rest.
+///
+/// Not an `async fn`, for the reason `serve` is not: a `mut` argument would take two
+/// slots in the task.
+#[allow(clippy::manual_async_fn, reason = "see above")]
+fn carry_on<S: ByteStream>(
+    mut transport: Transport<WriteDeadline<S>>,
+    mut connection: Connection,
+    mut waits: Waits,
+    shared: Arc<Shared>,
+    slot: ConnectionSlot,
+    rest: Rest,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        match connection.run(&mut transport, &mut waits, rest).await {
+            Run::Resting => rest::lie_down(transport, connection, waits, shared, slot, rest),
+            Run::Ended(ending) => {
+                Box::pin(connection.finish(&mut transport, ending)).await;
+                Box::pin(linger::close(transport.get_mut())).await;
+                drop(slot);
+            }
+        }
+    }
+}
+
+/// How the event loop stopped.
+enum Run {
+    /// The connection ended.
+    Ended(Ending),
+    /// The connection is idle and can rest (see `rest`).
+    Resting,
 }
 
 /// A connection that ended because the client stopped reading is counted
@@ -227,7 +277,7 @@ fn protocol_error() -> Ending {
 /// What the connection waits on between two steps: owned by its event loop, polled by
 /// [`Connection::poll_event`].
 struct Waits {
-    /// Deliveries, and the hub's kick and lagging notice.
+    /// Deliveries, and the hub's kick, keep-alive and lagging notice.
     deliveries: QueueReceiver,
     /// Raised by the session store when a newer connection took the session elsewhere.
     taken_over: Arc<Latch<()>>,
@@ -235,6 +285,27 @@ struct Waits {
     save: Option<tokio::time::Interval>,
     /// Boxed: most connections have no token deadline and need no timer for it.
     token_expiry: Option<Pin<Box<Sleep>>>,
+    /// Milliseconds without a packet after which keep-alive closes the connection.
+    grace: Option<u64>,
+}
+
+impl Waits {
+    fn new(connection: &Connection, deliveries: QueueReceiver, taken_over: Arc<Latch<()>>, grace: Option<u64>) -> Self {
+        Waits {
+            deliveries,
+            taken_over,
+            // Only a session that outlives its connection has positions to store: the others
+            // keep no timer (10 000 idle connections would otherwise wake 2 000 times a second).
+            save: connection
+                .session
+                .is_persistent()
+                .then(|| tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY)),
+            token_expiry: connection
+                .token_deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
+            grace,
+        }
+    }
 }
 
 /// Which of the waits are open for this step.
@@ -287,36 +358,15 @@ impl Connection {
         self.principal.as_deref().unwrap_or(&ANONYMOUS)
     }
 
-    /// The event loop. It waits by polling what it waits on ([`Connection::poll_event`])
-    /// rather than with `select!`: `select!` keeps a future per branch inside the task for
-    /// its whole life, about half a kilobyte that every idle connection carried (issue 9).
-    async fn run<S>(
-        &mut self,
-        transport: &mut Transport<S>,
-        registration: Registration,
-        taken_over: Arc<Latch<()>>,
-        keep_alive: u16,
-    ) -> Ending
+    /// The event loop, until the connection ends or (as `rest` allows) is idle and can
+    /// rest.
+    /// It waits by polling what it waits on ([`Connection::poll_event`]) rather than with
+    /// `select!`: `select!` keeps a future per branch inside the task for its whole life,
+    /// about half a kilobyte that every idle connection carried (issue 9).
+    async fn run<S>(&mut self, transport: &mut Transport<WriteDeadline<S>>, waits: &mut Waits, mut rest: Rest) -> Run
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let Registration { deliveries, .. } = registration;
-        // MQTT §3.1.2.10: one and a half times the keep-alive without a packet closes it.
-        // The deadline sits in the delivery queue, where the hub's sweep looks for the
-        // ones that passed (`Hub::sweep_keep_alive`): no timer per connection.
-        let grace = (keep_alive > 0).then(|| u64::from(keep_alive) * 1500);
-        let mut waits = Waits {
-            deliveries,
-            taken_over,
-            // Only a session that outlives its connection has positions to store: the others
-            // keep no timer (10 000 idle connections would otherwise wake 2 000 times a second).
-            save: self
-                .session
-                .is_persistent()
-                .then(|| tokio::time::interval_at(Instant::now() + SAVE_POSITIONS_EVERY, SAVE_POSITIONS_EVERY)),
-            token_expiry: self.token_deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
-        };
-        self.keep_alive_from_now(&waits, grace);
         let mut paused = false;
         loop {
             if self.catch_up_wanted && self.replay.is_none() && waits.deliveries.is_empty() {
@@ -326,7 +376,7 @@ impl Connection {
             // silence is ours, so keep-alive starts again when reading does.
             let reading = self.reads_more();
             if reading && std::mem::replace(&mut paused, false) {
-                self.keep_alive_from_now(&waits, grace);
+                self.keep_alive_from_now(waits);
             }
             if !reading && !paused {
                 waits.deliveries.set_deadline(NO_DEADLINE);
@@ -344,10 +394,23 @@ impl Connection {
             // keeps its place in the task, moved out or not.
             let step = {
                 let working = {
-                    let event = std::future::poll_fn(|cx| self.poll_event(cx, transport, &mut waits, gates)).await;
+                    // Nothing came and nothing is pending: the connection can rest instead
+                    // of waiting as a task (the waits it polled are registered again by
+                    // the rest's own waker).
+                    let event = std::future::poll_fn(|cx| match self.poll_event(cx, transport, waits, gates) {
+                        Poll::Pending
+                            if rest.now() && reading && self.at_rest() && rest::transport_at_rest(transport) =>
+                        {
+                            Poll::Ready(None)
+                        }
+                        polled => polled.map(Some),
+                    })
+                    .await;
+                    rest = rest.after_an_event();
                     match event {
-                        Event::Signal(signal) => Err(self.on_signal(signal)),
-                        Event::Work(work) => Ok(Box::pin(self.on_work(transport, &mut waits, grace, work))),
+                        None => return Run::Resting,
+                        Some(Event::Signal(signal)) => Err(self.on_signal(signal)),
+                        Some(Event::Work(work)) => Ok(Box::pin(self.on_work(transport, waits, work))),
                     }
                 };
                 match working {
@@ -356,17 +419,19 @@ impl Connection {
                 }
             };
             if let Err(ending) = step {
-                return ending;
+                return Run::Ended(ending);
             }
             if let Err(ending) = flush(transport).await {
-                return ending;
+                return Run::Ended(ending);
             }
         }
     }
 
-    /// Keep-alive runs out `grace` milliseconds from now (never without one).
-    fn keep_alive_from_now(&self, waits: &Waits, grace: Option<u64>) {
-        if let Some(grace) = grace {
+    /// Keep-alive runs out its grace from now (never without one). The deadline sits in
+    /// the delivery queue, where the hub's sweep looks for the ones that passed
+    /// (`Hub::sweep_keep_alive`): no timer per connection, resting or not.
+    fn keep_alive_from_now(&self, waits: &Waits) {
+        if let Some(grace) = waits.grace {
             waits.deliveries.set_deadline(self.hub.clock_ms().saturating_add(grace));
         }
     }
@@ -412,13 +477,7 @@ impl Connection {
     }
 
     /// Does the work a packet, a Kafka acknowledgement or a delivery asks for.
-    async fn on_work<S>(
-        &mut self,
-        transport: &mut Transport<S>,
-        waits: &mut Waits,
-        grace: Option<u64>,
-        work: Work,
-    ) -> Step
+    async fn on_work<S>(&mut self, transport: &mut Transport<S>, waits: &mut Waits, work: Work) -> Step
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -428,7 +487,7 @@ impl Connection {
                 self.on_kafka_ack(transport, id, qos, result).await
             }
             Work::Packet(packet) => {
-                self.keep_alive_from_now(waits, grace);
+                self.keep_alive_from_now(waits);
                 self.on_packet(transport, packet).await
             }
             Work::Delivery(outgoing) => self.deliver_batch(transport, outgoing, &waits.deliveries).await,
