@@ -98,7 +98,11 @@ pub fn spawn(
             }
             let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
             loop {
-                tick.tick().await;
+                // A departure read is announced at once: the leaver waits for it.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = s.departure_read() => {}
+                }
                 if let Err(error) = s.heartbeat(&references, h.shares()).await {
                     tracing::warn!(%error, "heartbeat not written");
                 }
@@ -204,6 +208,13 @@ pub async fn leave(hub: &Arc<Hub>, store: &Arc<SessionStore>, limits: &Limits, g
             "departure not written in time (Kafka slow or unreachable); the others notice in a few seconds"
         ),
     }
+    if limits.redirect.is_some() {
+        until_the_others_read_the_departure(
+            store,
+            CONFIRM_WAIT.min(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
+    }
     let owners = store.owners(Some(store.instance()));
     let reason = limits.redirect.unwrap_or(0x9C);
     let per_tick = limits.redirects_per_second.div_ceil(10).max(1);
@@ -217,6 +228,36 @@ pub async fn leave(hub: &Arc<Hub>, store: &Arc<SessionStore>, limits: &Limits, g
             .redirects
             .with_label_values(&["shutdown"])
             .inc_by(u64::try_from(told).unwrap_or(0));
+    }
+}
+
+/// How long a leaving process waits for the others to announce that they read its
+/// departure before it sends its clients to them anyway.
+const CONFIRM_WAIT: Duration = Duration::from_secs(3);
+const CONFIRM_POLL: Duration = Duration::from_millis(20);
+
+/// Waits (at most `limit`) until every other live process has announced that it no longer
+/// counts this one: a client sent to its new owner before that owner read the departure
+/// would be sent straight back here.
+async fn until_the_others_read_the_departure(store: &SessionStore, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let unaware = store.unaware_of_departure();
+        if unaware.is_empty() {
+            tracing::info!(
+                waited_ms = started.elapsed().as_millis(),
+                "the other processes read the departure"
+            );
+            return;
+        }
+        if started.elapsed() >= limit {
+            tracing::warn!(
+                ?unaware,
+                "these processes did not announce in time that they read the departure; handing clients over anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(CONFIRM_POLL).await;
     }
 }
 

@@ -96,6 +96,10 @@ pub struct Server {
     publisher: Arc<Publisher>,
     limits: Arc<Limits>,
     listener_tasks: Vec<JoinHandle<()>>,
+    /// Heartbeat, adoption of orphaned sessions, the mover: stopped before the process
+    /// leaves the cluster (a heartbeat after the departure would make the others count it
+    /// live again; the mover and adoption would work against the hand-over).
+    node_tasks: Vec<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -116,7 +120,7 @@ impl Server {
     /// Kafka cannot be reached.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        for task in &self.listener_tasks {
+        for task in self.listener_tasks.iter().chain(&self.node_tasks) {
             task.abort();
         }
         crate::node::leave(&self.hub, &self.sessions, &self.limits, HAND_OVER_GRACE).await;
@@ -133,7 +137,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        for task in self.tasks.iter().chain(&self.listener_tasks) {
+        for task in self.tasks.iter().chain(&self.listener_tasks).chain(&self.node_tasks) {
             task.abort();
         }
     }
@@ -514,6 +518,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         publisher,
         limits,
         listener_tasks: Vec::new(),
+        node_tasks: Vec::new(),
         tasks,
     };
     for (l, transport) in config.listeners.iter().zip(transports) {
@@ -551,7 +556,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<Server, Serv
         },
     );
     let liveness = Arc::clone(&server.liveness);
-    server.tasks.extend(
+    server.node_tasks.extend(
         node_tasks
             .into_iter()
             .map(|(name, task)| supervise(&liveness, name, task)),

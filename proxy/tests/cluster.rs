@@ -169,6 +169,49 @@ async fn sigterm_hands_mqtt5_clients_to_the_new_owner_and_exits() {
         "session present, success: {connack:02x?}"
     );
 }
+/// A hand-over longer than a heartbeat: the leaving process announces nothing after its
+/// departure, and hands clients over only once the survivor has read it, so the survivor
+/// takes every client it is sent and sends none back.
+#[tokio::test]
+async fn a_hand_over_longer_than_a_heartbeat_sends_no_client_back_to_the_leaver() {
+    let mut cluster = TestCluster::start_with_redirect_rate(2, 10).await;
+    let (leaving, staying) = (cluster.procs[0].port, cluster.procs[1].reference());
+    let mut clients = Vec::new();
+    for i in 0.. {
+        if clients.len() == 20 {
+            break;
+        }
+        let id = format!("slow-hand-over-{i}");
+        let (peer, port, _, _) = connect_following(leaving, &id, false, 60, None).await;
+        if port == leaving {
+            clients.push((id, peer));
+        }
+    }
+    let started = Instant::now();
+    cluster.procs[0].signal("TERM");
+    for (id, mut peer) in clients {
+        let disconnect = peer.read_packet().await.expect("DISCONNECT");
+        let (reason, reference) = reason_and_reference(&disconnect);
+        assert_eq!((reason, reference.as_deref()), (0x9C, Some(staying.as_str())), "{id}");
+        let mut moved = RawPeer {
+            stream: TcpStream::connect(("127.0.0.1", cluster.procs[1].port))
+                .await
+                .expect("connect"),
+        };
+        moved.send(&connect_packet(&id, false, 60, None)).await;
+        let connack = moved.read_packet().await.expect("CONNACK");
+        assert_eq!(
+            (connack[2], connack[3]),
+            (1, 0),
+            "{id}, {:?} after SIGTERM: session present, success: {connack:02x?}",
+            started.elapsed()
+        );
+    }
+    let took = started.elapsed();
+    eprintln!("20 clients handed over at 10 a second in {took:?}");
+    assert!(took > Duration::from_millis(1500), "longer than a heartbeat: {took:?}");
+}
+
 #[tokio::test]
 async fn every_acknowledged_message_reaches_a_persistent_subscriber_while_processes_are_killed_and_restarted() {
     let mut cluster = TestCluster::start(3).await;

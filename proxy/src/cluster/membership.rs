@@ -38,6 +38,13 @@ pub struct Heartbeat {
     /// The shared subscriptions (`$share/{group}/{filter}`) it has members of.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<String>,
+    /// The processes it counted as live when it wrote this (sorted; absent in heartbeats of
+    /// older processes). A process on its way out waits until every other live process
+    /// announces a list without it before it sends its clients to them: a client told to
+    /// go to the new owner must not be sent back by an owner that has not yet read the
+    /// departure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Vec<String>>,
 }
 
 /// Where clients reach one process: what it announces in its heartbeats.
@@ -108,6 +115,18 @@ impl Membership {
     pub fn get(&self, instance: &str) -> Option<&Heartbeat> {
         self.members.get(instance).map(|(hb, _)| hb)
     }
+
+    /// The live processes other than `leaving` whose latest heartbeat still counts
+    /// `leaving` as live: they have not read its departure yet. Processes of an older
+    /// version, which do not say whom they count, are not waited for.
+    pub fn unaware_of_departure(&self, leaving: &str, now: Instant, now_ms: i64) -> Vec<String> {
+        self.live(now, now_ms)
+            .into_iter()
+            .filter(|hb| hb.instance != leaving)
+            .filter(|hb| hb.live.as_ref().is_some_and(|live| live.iter().any(|i| i == leaving)))
+            .map(|hb| hb.instance.clone())
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +141,7 @@ mod tests {
             server_references: BTreeMap::new(),
             at_ms,
             shares: Vec::new(),
+            live: Some(Vec::new()),
         }
     }
 
@@ -183,6 +203,32 @@ mod tests {
         let mut m = Membership::default();
         m.apply("gone", Some(hb("gone", 0)), t);
         assert!(m.live(t, 60_000).is_empty());
+    }
+
+    #[test]
+    fn a_departure_is_confirmed_by_heartbeats_that_no_longer_count_the_leaver() {
+        let t = Instant::now();
+        let seeing = |instance: &str, live: &[&str]| Heartbeat {
+            live: Some(live.iter().map(|i| (*i).to_owned()).collect()),
+            ..hb(instance, 1_000)
+        };
+        let mut m = Membership::default();
+        m.apply("b", Some(seeing("b", &["a", "b", "c"])), t);
+        m.apply("c", Some(seeing("c", &["a", "b", "c"])), t);
+        m.apply("a", None, t);
+        assert_eq!(m.unaware_of_departure("a", t, 1_500), ["b", "c"]);
+        m.apply("c", Some(seeing("c", &["b", "c"])), t);
+        assert_eq!(m.unaware_of_departure("a", t, 1_500), ["b"]);
+        m.apply("b", Some(seeing("b", &["b", "c"])), t);
+        assert!(m.unaware_of_departure("a", t, 1_500).is_empty());
+        let older: Heartbeat =
+            serde_json::from_str(r#"{"version":1,"instance":"d","serverReference":"d:1883","atMs":1000}"#)
+                .expect("heartbeat of an older process");
+        m.apply("d", Some(older), t);
+        assert!(
+            m.unaware_of_departure("a", t, 1_500).is_empty(),
+            "a process that does not say whom it counts is not waited for"
+        );
     }
 
     #[test]

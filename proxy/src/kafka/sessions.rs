@@ -76,6 +76,13 @@ pub struct SessionStore {
     skipped: Mutex<u64>,
     /// The processes heard of through their heartbeats.
     membership: Mutex<Membership>,
+    /// Whether this process has left (SIGTERM). Held while a heartbeat or the departure
+    /// is queued, so that no heartbeat follows the departure into Kafka (which would make
+    /// the others count this process live again while it hands its clients to them).
+    departed: Mutex<bool>,
+    /// Signalled when the departure of another process is read, so that this one
+    /// announces at once that it no longer counts it (the leaver waits for that).
+    departure_read: tokio::sync::Notify,
     /// Per share, the live processes with members of it (sorted); refreshed with every
     /// heartbeat, read for every record of a share.
     share_servers: RwLock<HashMap<String, Vec<String>>>,
@@ -109,6 +116,8 @@ impl SessionStore {
             loaded: AtomicBool::new(false),
             skipped: Mutex::new(0),
             membership: Mutex::new(Membership::default()),
+            departed: Mutex::new(false),
+            departure_read: tokio::sync::Notify::new(),
             share_servers: RwLock::new(HashMap::new()),
             share_assignments: RwLock::new(HashMap::new()),
             end_waiters: Mutex::new(HashMap::new()),
@@ -260,36 +269,67 @@ impl SessionStore {
     }
 
     /// Announces this process (its server references, if it has any) and waits for Kafka.
+    /// Once it has left, nothing is written.
     pub async fn heartbeat(&self, references: &ServerReferences, shares: Vec<String>) -> Result<(), SessionError> {
-        let heartbeat = Heartbeat {
-            version: 1,
-            instance: self.instance.clone(),
-            server_reference: references.default.clone(),
-            server_references: references.by_listener.clone(),
-            at_ms: now_ms(),
-            shares,
+        let written = {
+            let departed = locked(&self.departed);
+            if *departed {
+                return Ok(());
+            }
+            let mut live = self.live();
+            if !live.contains(&self.instance) {
+                live.push(self.instance.clone());
+                live.sort();
+            }
+            let heartbeat = Heartbeat {
+                version: 1,
+                instance: self.instance.clone(),
+                server_reference: references.default.clone(),
+                server_references: references.by_listener.clone(),
+                at_ms: now_ms(),
+                shares,
+                live: Some(live),
+            };
+            let key = Heartbeat::key(&self.instance);
+            let written =
+                self.publisher
+                    .enqueue_keyed(&self.topic, self.partition_of(&key), &key, Some(&heartbeat.encode()))?;
+            locked(&self.membership).apply(&self.instance, Some(heartbeat), std::time::Instant::now());
+            written
         };
-        let key = Heartbeat::key(&self.instance);
-        let written =
-            self.publisher
-                .enqueue_keyed(&self.topic, self.partition_of(&key), &key, Some(&heartbeat.encode()))?;
-        locked(&self.membership).apply(&self.instance, Some(heartbeat), std::time::Instant::now());
         self.refresh_shares();
         written.await?;
         Ok(())
     }
 
     /// Tells the other processes this one is leaving, so that its partitions move now.
+    /// No heartbeat is written after it.
     pub async fn leave(&self) -> Result<(), SessionError> {
-        let key = Heartbeat::key(&self.instance);
-        let written = self
-            .publisher
-            .enqueue_keyed(&self.topic, self.partition_of(&key), &key, None)?;
-        locked(&self.membership).apply(&self.instance, None, std::time::Instant::now());
+        let written = {
+            let mut departed = locked(&self.departed);
+            *departed = true;
+            let key = Heartbeat::key(&self.instance);
+            let written = self
+                .publisher
+                .enqueue_keyed(&self.topic, self.partition_of(&key), &key, None)?;
+            locked(&self.membership).apply(&self.instance, None, std::time::Instant::now());
+            written
+        };
         // It serves no share from now on: the others resume from the cursors.
         self.refresh_shares();
         written.await?;
         Ok(())
+    }
+
+    /// The live processes that still count this one (after [`Self::leave`]): they would
+    /// send its clients back to it.
+    pub fn unaware_of_departure(&self) -> Vec<String> {
+        locked(&self.membership).unaware_of_departure(&self.instance, std::time::Instant::now(), now_ms())
+    }
+
+    /// Resolves when the departure of another process has been read since the last call.
+    pub async fn departure_read(&self) {
+        self.departure_read.notified().await;
     }
 
     pub fn topic(&self) -> &str {
@@ -408,7 +448,13 @@ impl SessionStore {
             let heartbeat = value.and_then(|v| serde_json::from_slice::<Heartbeat>(v).ok());
             // Our own departure read back must not undo a later heartbeat of a restart.
             if heartbeat.is_some() || instance != self.instance {
-                locked(&self.membership).apply(instance, heartbeat, std::time::Instant::now());
+                let mut membership = locked(&self.membership);
+                let departed = heartbeat.is_none() && membership.get(instance).is_some();
+                membership.apply(instance, heartbeat, std::time::Instant::now());
+                drop(membership);
+                if departed {
+                    self.departure_read.notify_one();
+                }
             }
             return Ok(());
         }

@@ -137,6 +137,8 @@ pub struct TestCluster {
     pub redirect: bool,
     /// Each process also has the `alt` listener.
     pub alt_listener: bool,
+    /// `cluster.redirect.maxPerSecond` (`None`: the default).
+    pub redirects_per_second: Option<u32>,
 }
 
 impl TestCluster {
@@ -149,8 +151,17 @@ impl TestCluster {
         Self::start_custom(n, redirect, false).await
     }
 
+    /// `n` processes with redirects that move at most `per_second` clients a second.
+    pub async fn start_with_redirect_rate(n: usize, per_second: u32) -> Self {
+        Self::start_full(n, true, false, Some(per_second)).await
+    }
+
     /// `n` processes; `alt_listener`: each also has the `alt` listener.
     pub async fn start_custom(n: usize, redirect: bool, alt_listener: bool) -> Self {
+        Self::start_full(n, redirect, alt_listener, None).await
+    }
+
+    async fn start_full(n: usize, redirect: bool, alt_listener: bool, redirects_per_second: Option<u32>) -> Self {
         let bootstrap = kafka().await.unwrap_or_else(|e| panic!("{e}"));
         let prefix = unique_name("c");
         let dir = mqtt_kafka_testenv::repo_root()
@@ -165,6 +176,7 @@ impl TestCluster {
             procs: Vec::new(),
             redirect,
             alt_listener,
+            redirects_per_second,
         };
         for i in 0..n {
             cluster.add(i == 0).await;
@@ -190,10 +202,14 @@ impl TestCluster {
              admin: {{address: '127.0.0.1:{admin}'}}\n\
              kafka: {{bootstrapServers: '{bootstrap}'}}\n\
              topics: {{messages: {p}-messages, retained: {p}-retained, sessions: {p}-sessions}}\n\
-             cluster: {{serverReference: '127.0.0.1:{port}', redirect: {{enabled: {redirect}}}}}\n",
+             cluster: {{serverReference: '127.0.0.1:{port}', redirect: {{enabled: {redirect}{rate}}}}}\n",
             bootstrap = self.bootstrap,
             p = self.prefix,
-            redirect = self.redirect
+            redirect = self.redirect,
+            rate = self
+                .redirects_per_second
+                .map(|r| format!(", maxPerSecond: {r}"))
+                .unwrap_or_default()
         );
         let file = self.dir.join(format!("{instance}.yaml"));
         std::fs::write(&file, config).expect("config");
