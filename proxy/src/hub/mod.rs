@@ -19,11 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 mod dispatch;
 mod queue;
 mod share;
+mod tracking;
 
 use queue::QueueSender;
 pub use queue::{NO_DEADLINE, QueueReceiver};
 pub use share::ShareRuntime;
 use share::Shares;
+use tracking::{Tracking, TrackingCell};
 
 use crate::broker::identity::IdentityPatterns;
 use crate::broker::message::Message;
@@ -83,20 +85,6 @@ pub struct Registration {
     pub deliveries: QueueReceiver,
 }
 
-/// Which QoS > 0 deliveries of one connection are not complete, and where it lags.
-/// (B-tree maps: an empty one is half the size of a hash map, and most are empty.)
-#[derive(Debug, Default)]
-struct Tracking {
-    /// Origins handed to the connection and not completed: (topic, partition) -> offset
-    /// -> how many deliveries of it (a record can match twice, e.g. a shared and a plain
-    /// subscription).
-    outstanding: BTreeMap<(Arc<str>, i32), BTreeMap<i64, u32>>,
-    /// Topics on which live deliveries are skipped, with the positions to catch up from.
-    lagging: BTreeMap<String, BTreeMap<i32, i64>>,
-    /// Catch-ups under way: the next offset each will read.
-    replaying: BTreeMap<String, Replaying>,
-}
-
 /// One live connection, as [`Hub::connections`] lists it.
 #[derive(Clone, Debug)]
 pub struct LiveConnection {
@@ -117,21 +105,16 @@ pub struct Kick {
     pub server_reference: Option<String>,
 }
 
-/// A catch-up under way: the next offset it reads and where it ends, per partition.
-#[derive(Debug, Default)]
-struct Replaying {
-    next: BTreeMap<i32, i64>,
-    to: BTreeMap<i32, i64>,
-}
-
 struct Live {
-    client_id: String,
+    /// The same string as its key in the `clients` table, not a copy (issue 9).
+    client_id: Arc<str>,
     /// MQTT 5 clients can be redirected; 3.1.1 clients are served where they connect.
     mqtt5: bool,
     /// The listener it connected on: a redirect sends it to the same kind of listener.
     listener: Arc<str>,
     deliveries: QueueSender,
-    tracking: Mutex<Tracking>,
+    /// Which deliveries are outstanding and where it lags (allocated while it has any).
+    tracking: TrackingCell,
     /// A shared subscription's dispatcher, not a client connection.
     dispatcher: bool,
 }
@@ -153,7 +136,7 @@ pub struct Hub {
     epoch: std::time::Instant,
     /// Boxed: a table slot is as large as its value, and most slots of a large table are empty.
     live: RwLock<HashMap<ConnId, Box<Live>>>,
-    clients: Mutex<HashMap<String, ConnId>>,
+    clients: Mutex<HashMap<Arc<str>, ConnId>>,
     indexes: HashMap<String, RwLock<SubscriptionIndex<ConnId>>>,
     /// What shared subscriptions need beyond the hub (who serves which partition of a
     /// share, its cursors, catch-ups); set once the Kafka side exists. Until then (and in
@@ -255,6 +238,7 @@ impl Hub {
         dispatcher: bool,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let client_id: Arc<str> = Arc::from(client_id);
         let (deliveries_tx, deliveries) = queue::channel(self.queue_capacity, self.queue_bytes);
         let mut tracking = Tracking::default();
         for (topic, stored) in resume_from {
@@ -274,11 +258,11 @@ impl Hub {
         write(&self.live).insert(
             id,
             Box::new(Live {
-                client_id: client_id.to_owned(),
+                client_id: Arc::clone(&client_id),
                 mqtt5,
                 listener,
                 deliveries: deliveries_tx,
-                tracking: Mutex::new(tracking),
+                tracking: TrackingCell::new(tracking),
                 dispatcher,
             }),
         );
@@ -289,7 +273,7 @@ impl Hub {
             .clients
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(client_id.to_owned(), id);
+            .insert(client_id, id);
         if let Some(previous) = previous
             && let Some(old) = read(&self.live).get(&previous)
         {
@@ -321,7 +305,7 @@ impl Hub {
             .filter(|(_, l)| !l.dispatcher)
             .map(|(id, l)| LiveConnection {
                 id: *id,
-                client_id: l.client_id.clone(),
+                client_id: l.client_id.to_string(),
                 mqtt5: l.mqtt5,
                 listener: Arc::clone(&l.listener),
             })
@@ -377,116 +361,6 @@ impl Hub {
         }
     }
 
-    /// A delivery with `origin` is complete (acknowledged, or sent at QoS 0, or discarded
-    /// for a reason that will not change: expired, too large).
-    pub fn complete(&self, id: ConnId, origin: &Origin) {
-        if let Some(dispatcher) = self.shares.completed(id, origin) {
-            // A share's message: the share's cursor may move past it now.
-            self.complete(dispatcher, origin);
-            return;
-        }
-        let live = read(&self.live);
-        let Some(connection) = live.get(&id) else { return };
-        let mut tracking = locked(&connection.tracking);
-        let key = (Arc::clone(&origin.topic), origin.partition);
-        if let Some(offsets) = tracking.outstanding.get_mut(&key)
-            && let Some(count) = offsets.get_mut(&origin.offset)
-        {
-            *count -= 1;
-            if *count == 0 {
-                offsets.remove(&origin.offset);
-            }
-        }
-    }
-
-    /// A delivery with `origin` is about to be sent by a catch-up (it did not come through
-    /// the fan-out, so the hub did not count it).
-    pub fn track(&self, id: ConnId, origin: &Origin) {
-        let live = read(&self.live);
-        let Some(connection) = live.get(&id) else { return };
-        let mut tracking = locked(&connection.tracking);
-        *tracking
-            .outstanding
-            .entry((Arc::clone(&origin.topic), origin.partition))
-            .or_default()
-            .entry(origin.offset)
-            .or_default() += 1;
-        if let Some(next) = tracking
-            .replaying
-            .get_mut(&*origin.topic)
-            .and_then(|r| r.next.get_mut(&origin.partition))
-        {
-            *next = (*next).max(origin.offset + 1);
-        }
-    }
-
-    /// A catch-up read `partition` of `kafka_topic` up to `next` (records that did not
-    /// match count too).
-    pub fn replayed_to(&self, id: ConnId, kafka_topic: &str, partition: i32, next: i64) {
-        let live = read(&self.live);
-        let Some(connection) = live.get(&id) else { return };
-        if let Some(at) = locked(&connection.tracking)
-            .replaying
-            .get_mut(kafka_topic)
-            .and_then(|r| r.next.get_mut(&partition))
-        {
-            *at = (*at).max(next);
-        }
-    }
-
-    /// Ends the lag of connection `id` on one topic: live deliveries resume from the
-    /// fan-out's current position, and the returned range `(from, to)` is what the
-    /// connection must read from Kafka itself to have everything, in order. `None` when
-    /// it lags nowhere.
-    pub fn rejoin(&self, id: ConnId) -> Option<CatchUp> {
-        let topic = {
-            let live = read(&self.live);
-            let connection = live.get(&id)?;
-            let tracking = locked(&connection.tracking);
-            tracking.lagging.keys().next()?.clone()
-        };
-        let index = self.indexes.get(&topic)?;
-        // The index's write lock stops the fan-out of this topic between taking the lag
-        // off and reading its position: every record is either before `to` (caught up)
-        // or dispatched live after it.
-        let _dispatch = write(index);
-        let to = locked(self.fanout.get(&topic)?).clone();
-        let live = read(&self.live);
-        let connection = live.get(&id)?;
-        let mut tracking = locked(&connection.tracking);
-        let from = tracking.lagging.remove(&topic)?;
-        tracking.replaying.insert(
-            topic.clone(),
-            Replaying {
-                next: from.clone(),
-                to: to.clone(),
-            },
-        );
-        Some(CatchUp { topic, from, to })
-    }
-
-    /// What the catch-up of `kafka_topic` still has to read (`from`, `to`), if its reader
-    /// stopped early (the connection fell behind it); `None` when it is complete.
-    pub fn replay_remaining(&self, id: ConnId, kafka_topic: &str) -> Option<(BTreeMap<i32, i64>, BTreeMap<i32, i64>)> {
-        let live = read(&self.live);
-        let connection = live.get(&id)?;
-        let tracking = locked(&connection.tracking);
-        let replaying = tracking.replaying.get(kafka_topic)?;
-        let unfinished = replaying
-            .to
-            .iter()
-            .any(|(p, end)| replaying.next.get(p).is_some_and(|at| at < end));
-        unfinished.then(|| (replaying.next.clone(), replaying.to.clone()))
-    }
-
-    /// The catch-up of `kafka_topic` is over.
-    pub fn replay_done(&self, id: ConnId, kafka_topic: &str) {
-        let live = read(&self.live);
-        if let Some(connection) = live.get(&id) {
-            locked(&connection.tracking).replaying.remove(kafka_topic);
-        }
-    }
-
     /// Where the fan-out of every messages topic is now: the positions of a session that
     /// has seen everything so far.
     pub fn fanout_positions(&self) -> Positions {
@@ -494,39 +368,6 @@ impl Hub {
             .iter()
             .map(|(topic, positions)| (topic.clone(), locked(positions).clone()))
             .collect()
-    }
-
-    /// From where connection `id` would resume now: per messages topic and partition, the
-    /// oldest record not yet delivered and acknowledged.
-    pub fn positions(&self, id: ConnId) -> Positions {
-        // The fan-out positions first: a record dispatched before this read is already
-        // counted as outstanding below (dispatch counts it before it advances).
-        let fanout = self.fanout_positions();
-        let live = read(&self.live);
-        let Some(connection) = live.get(&id) else {
-            return fanout;
-        };
-        let tracking = locked(&connection.tracking);
-        let mut positions = fanout;
-        for (topic, partitions) in &mut positions {
-            for (partition, at) in partitions.iter_mut() {
-                let behind = [
-                    tracking.lagging.get(topic).and_then(|l| l.get(partition)),
-                    tracking.replaying.get(topic).and_then(|r| r.next.get(partition)),
-                ];
-                for offset in behind.into_iter().flatten() {
-                    *at = (*at).min(*offset);
-                }
-            }
-        }
-        for ((topic, partition), offsets) in &tracking.outstanding {
-            if let Some(oldest) = offsets.keys().next()
-                && let Some(at) = positions.get_mut(&**topic).and_then(|p| p.get_mut(partition))
-            {
-                *at = (*at).min(*oldest);
-            }
-        }
-        positions
     }
 
     /// Whether a record on MQTT topic `mqtt_topic` can match a subscription of connection
@@ -696,7 +537,7 @@ impl RecordSink for Hub {
         // one that is not.
         let can_take = |id: ConnId| {
             live.get(&id).is_some_and(|c| {
-                !locked(&c.tracking).lagging.contains_key(kafka_topic) && c.deliveries.has_room_for(&message)
+                !c.tracking.lock().lagging.contains_key(kafka_topic) && c.deliveries.has_room_for(&message)
             })
         };
         let deliveries = index.route_sharing(&message.topic, message.publisher.as_deref(), &share_route, &can_take);
@@ -726,26 +567,13 @@ impl RecordSink for Hub {
                     }
                     continue;
                 }
-                let mut tracking = locked(&connection.tracking);
+                let mut tracking = connection.tracking.lock();
                 if tracking.lagging.contains_key(kafka_topic) {
                     continue; // its catch-up reads this record from Kafka
                 }
-                let key = (Arc::clone(&origin.topic), partition);
-                *tracking
-                    .outstanding
-                    .entry(key.clone())
-                    .or_default()
-                    .entry(offset)
-                    .or_default() += 1;
+                tracking.count(&origin.topic, partition, offset);
                 if connection.deliveries.try_send(outgoing).is_err() {
-                    if let Some(offsets) = tracking.outstanding.get_mut(&key)
-                        && let Some(count) = offsets.get_mut(&offset)
-                    {
-                        *count -= 1;
-                        if *count == 0 {
-                            offsets.remove(&offset);
-                        }
-                    }
+                    tracking.uncount(&origin.topic, partition, offset);
                     // Behind from here on this topic: the fan-out has not moved past this
                     // record yet, so its positions are exactly where to catch up from.
                     tracking.lagging.insert(kafka_topic.to_owned(), locked(fanout).clone());

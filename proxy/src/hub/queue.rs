@@ -35,8 +35,9 @@ fn weight(message: &Message) -> usize {
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Outgoing>,
-    /// Set once: the connection is to close, and why. Later kicks are ignored.
-    kick: Option<Kick>,
+    /// Set once: the connection is to close, and why. Later kicks are ignored. (Boxed:
+    /// every connection has this slot, few ever fill it.)
+    kick: Option<Box<Kick>>,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -137,7 +138,7 @@ impl QueueSender {
             if state.kick.is_some() {
                 return;
             }
-            state.kick = Some(kick);
+            state.kick = Some(Box::new(kick));
         }
         self.shared.kicked.store(true, Ordering::Release);
         self.shared.receiver.wake();
@@ -225,7 +226,7 @@ impl QueueReceiver {
         if !self.shared.kicked.load(Ordering::Acquire) {
             return Poll::Pending;
         }
-        match self.shared.state().kick.clone() {
+        match self.shared.state().kick.as_deref().cloned() {
             Some(kick) => Poll::Ready(kick),
             None => Poll::Pending,
         }

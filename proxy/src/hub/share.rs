@@ -291,7 +291,7 @@ impl Hub {
         let Some(connection) = live.get(&id) else {
             return false;
         };
-        let mut tracking = locked(&connection.tracking);
+        let mut tracking = connection.tracking.lock();
         let from = tracking
             .lagging
             .entry(topic.to_owned())

@@ -34,8 +34,17 @@ pub struct RestingSockets {
 /// descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watched {
-    key: usize,
+    /// The slab key (a `u32`: every resting connection keeps one, and no process has four
+    /// billion sockets).
+    key: u32,
     fd: RawFd,
+}
+
+impl Watched {
+    fn slot(self) -> usize {
+        // u32 -> usize never truncates on the 32- and 64-bit targets this builds for.
+        usize::try_from(self.key).unwrap_or(usize::MAX)
+    }
 }
 
 impl RestingSockets {
@@ -80,10 +89,11 @@ impl RestingSockets {
         let fd = socket.as_raw_fd();
         let mut watched = self.watched();
         let entry = watched.vacant_entry();
-        let key = entry.key();
+        let slot = entry.key();
+        let key = u32::try_from(slot).map_err(|_| io::Error::other("more than 2^32 resting sockets"))?;
         // Registered under the lock: the thread cannot see the event before the entry.
         self.registry
-            .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)?;
+            .register(&mut SourceFd(&fd), Token(slot), Interest::READABLE)?;
         entry.insert((fd, waker));
         Ok(Watched { key, fd })
     }
@@ -94,8 +104,8 @@ impl RestingSockets {
         let mut all = self.watched();
         // The key may be another socket's by now (the thread took this one's entry and
         // the key was given out again): that entry is not this socket's to remove.
-        if all.get(watched.key).is_some_and(|(fd, _)| *fd == watched.fd) {
-            all.remove(watched.key);
+        if all.get(watched.slot()).is_some_and(|(fd, _)| *fd == watched.fd) {
+            all.remove(watched.slot());
             self.deregister(watched.fd);
         }
     }
