@@ -341,7 +341,8 @@ impl Hub {
     }
 
     /// Sweeps keep-alive deadlines every `every` (see [`Hub::sweep_keep_alive`]): a silent
-    /// client is closed at most that much after one and a half times its keep-alive.
+    /// client is closed at most that much after one and a half times its keep-alive. The
+    /// same sweep frees the delivery tracking of connections that hold nothing in it.
     pub fn sweep_keep_alive_every(self: &Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
         let hub = Arc::clone(self);
         tokio::spawn(async move {
@@ -350,6 +351,7 @@ impl Hub {
             loop {
                 tick.tick().await;
                 hub.sweep_keep_alive(hub.clock_ms());
+                hub.release_idle_tracking();
             }
         })
     }

@@ -48,8 +48,9 @@ impl Tracking {
             .or_default() += 1;
     }
 
-    /// One delivery of the record at `offset` is no longer outstanding; a partition with
-    /// none left is forgotten, so that an idle connection's tracking is empty again.
+    /// One delivery of the record at `offset` is no longer outstanding. (The partition
+    /// stays listed: a subscriber that drains between messages would otherwise allocate
+    /// its maps again for every one. [`TrackingCell::release_if_idle`] frees it all.)
     pub(super) fn uncount(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
         let key = (Arc::clone(topic), partition);
         let Some(offsets) = self.outstanding.get_mut(&key) else {
@@ -61,9 +62,11 @@ impl Tracking {
                 offsets.remove(&offset);
             }
         }
-        if offsets.is_empty() {
-            self.outstanding.remove(&key);
-        }
+    }
+
+    /// Nothing in flight, no lag, no catch-up (partitions may still be listed, empty).
+    fn holds_nothing(&self) -> bool {
+        self.outstanding.values().all(BTreeMap::is_empty) && self.lagging.is_empty() && self.replaying.is_empty()
     }
 }
 
@@ -86,9 +89,25 @@ impl TrackingCell {
     }
 
     /// The tracking, locked: reading an absent one reads nothing, changing it allocates
-    /// it, and it is freed again when the guard goes with nothing left in it.
+    /// it.
     pub(super) fn lock(&self) -> TrackingGuard<'_> {
         TrackingGuard(locked(&self.0))
+    }
+
+    /// Frees the tracking if it holds nothing. The hub's periodic sweep calls it: freeing
+    /// it at every last acknowledgement would allocate it again with the next delivery. A
+    /// tracking locked elsewhere at this moment is left for the next sweep.
+    pub(super) fn release_if_idle(&self) {
+        let tracking = match self.0.try_lock() {
+            Ok(tracking) => Some(tracking),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        if let Some(mut tracking) = tracking
+            && tracking.as_ref().is_some_and(|t| t.holds_nothing())
+        {
+            *tracking = None;
+        }
     }
 }
 
@@ -108,15 +127,14 @@ impl DerefMut for TrackingGuard<'_> {
     }
 }
 
-impl Drop for TrackingGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.as_ref().is_some_and(|t| t.is_empty()) {
-            *self.0 = None;
+impl Hub {
+    /// Frees the delivery tracking of every connection that holds nothing in it now.
+    pub fn release_idle_tracking(&self) {
+        for connection in read(&self.live).values() {
+            connection.tracking.release_if_idle();
         }
     }
-}
 
-impl Hub {
     /// A delivery with `origin` is complete (acknowledged, or sent at QoS 0, or discarded
     /// for a reason that will not change: expired, too large).
     pub fn complete(&self, id: ConnId, origin: &Origin) {
@@ -274,9 +292,18 @@ mod tests {
         }
         assert!(locked(&cell.0).is_some(), "a delivery in flight is held");
         cell.lock().uncount(&topic(), 0, 7);
-        assert!(cell.lock().has_outstanding(), "one of two deliveries is still out");
+        cell.release_if_idle();
+        assert!(
+            cell.lock().has_outstanding(),
+            "one of two deliveries is still out: kept"
+        );
         cell.lock().uncount(&topic(), 0, 7);
-        assert!(locked(&cell.0).is_none(), "freed once the last delivery is complete");
+        assert!(locked(&cell.0).is_some(), "kept until the sweep");
+        cell.release_if_idle();
+        assert!(
+            locked(&cell.0).is_none(),
+            "freed by the sweep once the last delivery is complete"
+        );
     }
 
     #[test]
@@ -297,8 +324,10 @@ mod tests {
                 },
             );
         }
-        assert!(locked(&cell.0).is_some(), "catching up");
+        cell.release_if_idle();
+        assert!(locked(&cell.0).is_some(), "still catching up");
         cell.lock().replaying.clear();
+        cell.release_if_idle();
         assert!(locked(&cell.0).is_none());
     }
 }
